@@ -1,0 +1,181 @@
+"""The adapter contract every model implements, and the registry that finds adapters by name.
+
+An adapter is found, in this order, among the built-ins (``ovrsisbench.adapters.BUILTINS``),
+in the entry-point group ``ovrsisbench.adapters``, or as a ``package.module:ClassName`` string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ovrsisbench.errors import UserError
+
+ENTRY_POINT_GROUP = "ovrsisbench.adapters"
+ENCODER_GROUPS = ("clip", "remoteclip", "dino")
+
+
+class Adapter:
+    """Base class of all models evaluated by the harness.
+
+    Subclasses set ``name`` and implement ``load``, ``set_vocabulary`` and ``predict``.
+    To support ``adapters info`` they also implement ``build`` (the bare network) and,
+    when the network holds pretrained encoders, ``encoder_modules``.
+    """
+
+    name: ClassVar[str] = ""
+    trainable: ClassVar[bool] = False
+    #: Option names and defaults accepted by ``__init__``; recorded in every result.
+    default_options: ClassVar[dict[str, Any]] = {}
+    #: Options that make a tiny random model for ``ovrsisbench demo``; None = not in the demo.
+    demo_options: ClassVar[dict[str, Any] | None] = None
+    #: The network built by ``load`` (used for parameter counts); None until loaded.
+    network: torch.nn.Module | None = None
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.default_options))
+        if unknown:
+            known = ", ".join(sorted(self.default_options)) or "none"
+            raise UserError(
+                f"adapter '{self.name}' has no option {', '.join(unknown)} (known: {known})"
+            )
+        self.options: dict[str, Any] = {**self.default_options, **options}
+
+    # -- the evaluation contract -------------------------------------------------------------
+    def load(self, weights: Path | None, device: torch.device | str) -> None:
+        """Build the model, load ``weights`` (or the adapter's default weights) onto ``device``."""
+        raise NotImplementedError
+
+    def set_vocabulary(self, classes: list[list[str]]) -> None:
+        """Set the classes to score: one list of prompt names (synonyms) per class."""
+        raise NotImplementedError
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Map (B,3,H,W) float RGB in [0,1] to (B,K,H,W) float scores at the input resolution."""
+        raise NotImplementedError
+
+    # -- introspection ------------------------------------------------------------------------
+    def build(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """Build the bare network (random or empty weights) on ``device``; ``meta`` must work."""
+        raise NotImplementedError(f"adapter '{self.name}' does not expose its network")
+
+    def encoder_modules(self, network: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The pretrained encoders inside ``network``, keyed by group (clip, remoteclip, dino)."""
+        return {}
+
+    def weights_sha256(self) -> str | None:
+        """SHA-256 identifying the loaded weights (None when the adapter has no weights)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Inference protocol facts recorded with every result (resize, windows, templates...)."""
+        return {}
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_sha256(value: Any) -> str:
+    """Hex SHA-256 of a JSON-serialisable value in canonical form (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- registry ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AdapterEntry:
+    """Where an adapter class was found."""
+
+    name: str
+    origin: str  # "built-in", "entry point (<dist>)" or "module:Class"
+    cls: type[Adapter]
+
+
+def _builtin_adapters() -> dict[str, type[Adapter]]:
+    from ovrsisbench.adapters import BUILTINS
+
+    return dict(BUILTINS)
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _check_adapter_class(obj: Any, where: str) -> type[Adapter]:
+    if not (isinstance(obj, type) and issubclass(obj, Adapter)):
+        raise UserError(f"{where} is not a subclass of ovrsisbench.adapter.Adapter")
+    return obj
+
+
+def _import_spec(spec: str) -> type[Adapter]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"adapter '{spec}' must look like package.module:ClassName")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"cannot import adapter module '{module_name}': {error}") from error
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"module '{module_name}' has no attribute '{attr}'") from None
+    return _check_adapter_class(obj, f"'{spec}'")
+
+
+def list_adapters() -> list[AdapterEntry]:
+    """All adapters discoverable without a module:Class string: built-ins, then entry points."""
+    entries = [AdapterEntry(n, "built-in", c) for n, c in sorted(_builtin_adapters().items())]
+    seen = {entry.name for entry in entries}
+    for point in sorted(_entry_points(), key=lambda p: p.name):
+        if point.name in seen:
+            continue
+        dist = point.dist.name if point.dist else "unknown distribution"
+        where = f"entry point '{point.name}' ({point.value})"
+        try:
+            cls = _check_adapter_class(point.load(), where)
+        except UserError:
+            raise
+        except Exception as error:  # a broken plug-in must not hide the others' names
+            raise UserError(f"cannot load {where}: {error}") from error
+        entries.append(AdapterEntry(point.name, f"entry point ({dist})", cls))
+        seen.add(point.name)
+    return entries
+
+
+def find_adapter(name: str) -> AdapterEntry:
+    """Resolve ``name`` (built-in, entry point, or module:Class) to its adapter class."""
+    if ":" in name:
+        cls = _import_spec(name)
+        return AdapterEntry(cls.name or name, name, cls)
+    builtins = _builtin_adapters()
+    if name in builtins:
+        return AdapterEntry(name, "built-in", builtins[name])
+    for point in _entry_points():
+        if point.name == name:
+            cls = _check_adapter_class(point.load(), f"entry point '{name}' ({point.value})")
+            dist = point.dist.name if point.dist else "unknown distribution"
+            return AdapterEntry(name, f"entry point ({dist})", cls)
+    known = ", ".join(entry.name for entry in list_adapters())
+    raise UserError(f"unknown model '{name}' (known: {known}; or give package.module:ClassName)")
+
+
+def create_adapter(name: str, **options: Any) -> Adapter:
+    """Instantiate the adapter named ``name`` with ``options``."""
+    entry = find_adapter(name)
+    adapter = entry.cls(**options)
+    if not adapter.name:
+        adapter.name = entry.name
+    return adapter
