@@ -1,0 +1,1 @@
+"""Protocols and vocabularies shipped as YAML data (package data of ovrsisbench.protocols)."""
