@@ -1,0 +1,1 @@
+"""The unified dataset format: layout, meta.json, reader, writer and loader."""

@@ -1,0 +1,1 @@
+"""Converters from source datasets (and synthetic demo data) into the unified layout."""
