@@ -1,0 +1,8 @@
+"""Built-in adapters: one thin module per model (registration, options, weights, protocol glue)."""
+
+from ovrsisbench.adapter import Adapter
+from ovrsisbench.adapters.maskclip import MaskCLIPAdapter
+
+BUILTINS: dict[str, type[Adapter]] = {
+    "maskclip": MaskCLIPAdapter,
+}

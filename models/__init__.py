@@ -1,0 +1,1 @@
+"""Networks only (torch.nn.Module); never imports the ovrsisbench core."""

@@ -1,0 +1,1 @@
+"""Building blocks shared by several models (dense CLIP wrapper, text encoder, templates)."""

@@ -1,0 +1,291 @@
+"""Dense (per-patch) features from an open_clip ViT, and building / loading such models strictly.
+
+``DenseCLIP`` wraps an ``open_clip.CLIP`` with a ViT image tower. It runs blocks ``1..L-1`` as
+usual and replaces the last block by one of the dense variants in ``DENSE_MODES``; the result
+goes through ``ln_post`` and ``proj`` for every token, the CLS token is dropped, and the
+patch tokens come back as a (B, D, h, w) map in the joint image-text space. Raw residual-stream
+tokens of earlier blocks can be returned alongside (the guidance features of the Cat-Seg family).
+
+Positional embeddings are resized bicubically (``align_corners=False``) from the pretrained grid
+to the input's grid; inputs whose sides are not multiples of the patch size are zero-padded at
+the bottom/right (as mmseg's "corner" patch padding does), so the grid is ``ceil(H/p) x ceil(W/p)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: OpenAI CLIP pixel statistics (RGB, for images scaled to [0, 1]).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: A tiny random CLIP (ViT 2x32, text 2x32) for tests and the synthetic demo.
+TINY_VIT_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+#: Non-tensor entries of OpenAI's original checkpoints, not parameters of the model.
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not match the model (the message names them)."""
+
+
+# -- building and loading ---------------------------------------------------------------------
+def model_config(arch: str | dict[str, Any]) -> dict[str, Any]:
+    """The open_clip config of ``arch`` (a built-in model name or a config dict), as a copy."""
+    config = arch if isinstance(arch, dict) else open_clip.get_model_config(arch)
+    if config is None:
+        raise ValueError(f"unknown open_clip model '{arch}'")
+    config = copy.deepcopy(config)
+    unsupported = {"custom_text", "multimodal_cfg"} & set(config)
+    unsupported |= {"timm_model_name"} & set(config.get("vision_cfg", {}))
+    unsupported |= {"hf_model_name"} & set(config.get("text_cfg", {}))
+    if unsupported:
+        raise ValueError(f"only plain open_clip CLIP ViTs are supported, not {sorted(unsupported)}")
+    return config
+
+
+def resolve_pretrained(
+    arch: str | dict[str, Any], pretrained: str | Path | None, cache_dir: str | Path | None = None
+) -> Path | None:
+    """The checkpoint file for ``pretrained``: a local file, or an open_clip tag (downloaded by
+    open_clip into ``cache_dir``, default its own cache)."""
+    if pretrained is None:
+        return None
+    if Path(pretrained).is_file():
+        return Path(pretrained)
+    name = arch if isinstance(arch, str) else ""
+    tag_config = open_clip.get_pretrained_cfg(name, str(pretrained))
+    if not tag_config:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise ValueError(
+            f"'{pretrained}' is neither a file nor a pretrained tag of {name or 'this config'} "
+            f"(tags: {known})"
+        )
+    cache = None if cache_dir is None else str(cache_dir)
+    return Path(open_clip.download_pretrained(tag_config, cache_dir=cache))
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a CLIP checkpoint (safetensors, or ``torch.load(weights_only=True)``) as a state dict.
+
+    Accepts open_clip and OpenAI-format state dicts (the same key names; OpenAI's metadata
+    entries are dropped), optionally wrapped in ``{"state_dict": ...}`` or ``module.`` prefixed.
+    TorchScript archives (OpenAI's original ``.pt`` downloads) are refused: they cannot be read
+    with ``weights_only=True``; use the open_clip tag instead, which fetches a plain state dict.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif _is_torchscript(path):
+        raise ValueError(
+            f"{path} is a TorchScript archive, which cannot be loaded safely (weights_only); "
+            "use the open_clip pretrained tag (e.g. 'openai') or a plain state dict instead"
+        )
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    if all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return {key: value for key, value in state.items() if key not in OPENAI_METADATA_KEYS}
+
+
+def load_weights_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy ``state`` into ``model``; raise ``CheckpointMismatchError`` naming every bad key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{key} {tuple(state[key].shape)} != {tuple(expected[key].shape)}"
+        for key in set(state) & set(expected)
+        if state[key].shape != expected[key].shape
+    )
+    problems = [
+        f"{label}: {', '.join(keys)}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointMismatchError("checkpoint does not match the model; " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def build_clip(
+    arch: str | dict[str, Any],
+    pretrained: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    quick_gelu: bool | None = None,
+) -> open_clip.CLIP:
+    """Build an open_clip CLIP ViT, with weights from ``pretrained`` (tag or file) or random.
+
+    ``quick_gelu=None`` takes the setting of the pretrained tag, else of the config (OpenAI
+    weights need ``True``). With ``pretrained=None`` the weights are open_clip's random
+    initialisation (seed torch's RNG first for reproducibility); ``device="meta"`` builds
+    without memory.
+    """
+    config = model_config(arch)
+    if quick_gelu is None and isinstance(arch, str) and pretrained is not None:
+        quick_gelu = open_clip.get_pretrained_cfg(arch, str(pretrained)).get("quick_gelu")
+    if quick_gelu is not None:
+        config["quick_gelu"] = quick_gelu
+    if torch.device(device).type == "meta":
+        if pretrained is not None:
+            raise ValueError("weights cannot be loaded onto the meta device")
+        with torch.device("meta"):
+            return open_clip.CLIP(**config).eval()
+    model = open_clip.CLIP(**config)
+    checkpoint = resolve_pretrained(arch, pretrained)
+    if checkpoint is not None:
+        load_weights_strict(model, load_state_dict_file(checkpoint))
+    return model.to(device).eval()
+
+
+# -- dense forward ----------------------------------------------------------------------------
+def interpolate_pos_embed(pos: Tensor, grid: Sequence[int], size: Sequence[int]) -> Tensor:
+    """Resize a (1 + gh*gw, C) positional embedding to a (h, w) grid, bicubic; CLS kept."""
+    if tuple(grid) == tuple(size):
+        return pos
+    patch = pos[1:].reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2).float()
+    patch = F.interpolate(patch, size=tuple(size), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1], patch.flatten(2)[0].T.to(pos.dtype)])
+
+
+def run_block(block: nn.Module, x: Tensor) -> Tensor:
+    """Apply an open_clip residual block to batch-first tokens, whatever its attention layout."""
+    if block.attn.batch_first:
+        return block(x)
+    return block(x.transpose(0, 1)).transpose(0, 1)
+
+
+def value_path(block: nn.Module, x: Tensor) -> Tensor:
+    """``ls_1(out_proj(v))`` with ``v`` the value projection of ``ln_1(x)``: attention skipped."""
+    attn = block.attn
+    width = x.shape[-1]
+    bias = None if attn.in_proj_bias is None else attn.in_proj_bias[2 * width :]
+    value = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width :], bias)
+    return block.ls_1(attn.out_proj(value))
+
+
+def _with_mlp(block: nn.Module, x: Tensor) -> Tensor:
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+#: Dense replacements of the last block, applied to its input tokens (B, 1 + h*w, C).
+DENSE_MODES: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
+    # MaskCLIP's released code: each token keeps its own residual and the MLP.
+    "maskclip": lambda block, x: _with_mlp(block, x + value_path(block, x)),
+    # The value path alone, no residual, no MLP (SegEarth-OV code's "MaskCLIP", ignore_residual).
+    "value": value_path,
+    # Cat-Seg: the CLS token's input is the residual of every token, then the MLP.
+    "catseg": lambda block, x: _with_mlp(block, x[:, :1] + value_path(block, x)),
+}
+
+
+@dataclass
+class DenseFeatures:
+    """Dense last-block features (B, D, h, w) and the requested raw block outputs (B, C, h, w)."""
+
+    dense: Tensor
+    blocks: list[Tensor]
+
+
+class DenseCLIP(nn.Module):
+    """An open_clip CLIP ViT that yields per-patch features (see the module docstring)."""
+
+    def __init__(self, model: open_clip.CLIP) -> None:
+        super().__init__()
+        if not hasattr(model.visual, "transformer"):
+            raise ValueError("DenseCLIP needs an open_clip ViT image tower")
+        self.model = model
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.model.visual.patch_size)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.model.visual.transformer.resblocks)
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        """Unnormalised text embeddings (T, D) of token ids (T, context_length)."""
+        return self.model.encode_text(tokens)
+
+    def _embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        visual = self.model.visual
+        ph, pw = self.patch_size
+        images = F.pad(images, (0, -images.shape[-1] % pw, 0, -images.shape[-2] % ph))
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        pos = interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid)
+        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
+        return visual.ln_pre(x), grid
+
+    @staticmethod
+    def _to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+
+    def _blocks(self, images: Tensor, blocks: Sequence[int], allowed: int, stop: int):
+        """Run blocks ``0..stop-1``; keep the outputs of ``blocks`` (each below ``allowed``)."""
+        for index in blocks:
+            if not 0 <= index < allowed:
+                raise ValueError(f"block index {index} is outside 0..{allowed - 1}")
+        x, grid = self._embed(images)
+        saved = {}
+        for index, block in enumerate(self.model.visual.transformer.resblocks[:stop]):
+            x = run_block(block, x)
+            if index in blocks:
+                saved[index] = self._to_map(x, grid)
+        return x, grid, [saved[index] for index in blocks]
+
+    def forward(
+        self, images: Tensor, mode: str = "maskclip", blocks: Sequence[int] = ()
+    ) -> DenseFeatures:
+        """Dense features of CLIP-normalised ``images`` (B, 3, H, W) and raw outputs of ``blocks``
+        (0-based indices of blocks before the last)."""
+        if mode not in DENSE_MODES:
+            raise ValueError(f"unknown dense mode '{mode}' (known: {', '.join(DENSE_MODES)})")
+        last = self.num_blocks - 1
+        x, grid, saved = self._blocks(images, blocks, last, last)
+        visual = self.model.visual
+        x = visual.ln_post(DENSE_MODES[mode](visual.transformer.resblocks[-1], x)) @ visual.proj
+        return DenseFeatures(self._to_map(x, grid), saved)
+
+    def encode_dense(self, images: Tensor, mode: str = "maskclip") -> Tensor:
+        """Dense features (B, D, ceil(H/p), ceil(W/p)) of CLIP-normalised ``images``."""
+        return self(images, mode).dense
+
+    def intermediate(self, images: Tensor, blocks: Sequence[int]) -> list[Tensor]:
+        """Raw residual-stream outputs (B, C, h, w) of ``blocks`` (0-based), CLS dropped."""
+        return self._blocks(images, blocks, self.num_blocks, max(blocks, default=-1) + 1)[2]

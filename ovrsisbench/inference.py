@@ -1,0 +1,78 @@
+"""Shared test-time geometry for adapters: normalisation, resizing, sliding windows, whole image.
+
+Pure torch and device-agnostic. ``fn`` below maps a (B, 3, h, w) batch to (B, K, h', w')
+scores; outputs at another resolution than their input are resized bilinearly to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ScoreFn = Callable[[Tensor], Tensor]
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Per-channel ``(images - mean) / std`` for (B, C, H, W) images."""
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def resize_to(images: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Bilinear resize (``align_corners=False``) of (B, C, H, W) to ``size``; no-op if equal."""
+    size = _pair(size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def long_side_size(size: Sequence[int], long_side: int) -> tuple[int, int]:
+    """(H, W) rescaled, aspect kept, so that the longer side is ``long_side`` (mmseg keep_ratio)."""
+    scale = long_side / max(size)
+    return int(size[0] * scale + 0.5), int(size[1] * scale + 0.5)
+
+
+def _starts(length: int, window: int, stride: int) -> list[int]:
+    """Window origins covering ``length``; the last window is clamped to the border."""
+    count = math.ceil(max(length - window, 0) / stride) + 1
+    return sorted({min(i * stride, length - window) for i in range(count)})
+
+
+def slide_inference(
+    images: Tensor,
+    fn: ScoreFn,
+    window: int | Sequence[int],
+    stride: int | Sequence[int],
+    num_classes: int,
+) -> Tensor:
+    """Average ``fn`` over overlapping windows; returns (B, num_classes, H, W).
+
+    Windows are clamped to the borders; an image smaller than the window is zero-padded at the
+    bottom/right (zero is the mean colour of normalised images) and the padding cropped away.
+    """
+    (wh, ww), (sh, sw) = _pair(window), _pair(stride)
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (0, max(ww - width, 0), 0, max(wh - height, 0)))
+    ph, pw = padded.shape[-2:]
+    total = images.new_zeros(images.shape[0], num_classes, ph, pw)
+    count = images.new_zeros(1, 1, ph, pw)
+    for top in _starts(ph, wh, sh):
+        for left in _starts(pw, ww, sw):
+            crop = padded[..., top : top + wh, left : left + ww]
+            total[..., top : top + wh, left : left + ww] += resize_to(fn(crop), (wh, ww))
+            count[..., top : top + wh, left : left + ww] += 1
+    return (total / count)[..., :height, :width]
+
+
+def whole_inference(images: Tensor, fn: ScoreFn, size: int | Sequence[int]) -> Tensor:
+    """Resize to ``size``, apply ``fn`` once, resize the scores back to the input size."""
+    return resize_to(fn(resize_to(images, size)), images.shape[-2:])

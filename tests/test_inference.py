@@ -1,0 +1,87 @@
+"""Shared inference geometry: normalisation, resizing, sliding windows, whole-image passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovrsisbench.inference import (
+    _starts,
+    long_side_size,
+    normalize,
+    resize_to,
+    slide_inference,
+    whole_inference,
+)
+
+WEIGHT = torch.randn(4, 3, 1, 1)
+
+
+def per_pixel(images: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution: each output pixel depends on its own input pixel only."""
+    return F.conv2d(images, WEIGHT)
+
+
+def test_normalize_per_channel():
+    images = torch.ones(2, 3, 4, 5)
+    out = normalize(images, (0.5, 0.25, 1.0), (0.5, 0.25, 2.0))
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([1.0, 3.0, 0.0]))
+
+
+def test_resize_to_is_a_no_op_at_the_same_size():
+    images = torch.rand(1, 3, 7, 9)
+    assert resize_to(images, (7, 9)) is images
+    assert resize_to(images, 5).shape == (1, 3, 5, 5)
+
+
+def test_long_side_size_keeps_the_aspect():
+    assert long_side_size((256, 256), 448) == (448, 448)
+    assert long_side_size((1080, 1280), 448) == (378, 448)
+    assert long_side_size((1000, 500), 448) == (448, 224)
+
+
+def test_window_origins_are_clamped_to_the_border():
+    assert _starts(64, 64, 32) == [0]
+    assert _starts(100, 64, 48) == [0, 36]
+    assert _starts(130, 64, 32) == [0, 32, 64, 66]
+
+
+def test_slide_equals_whole_when_the_window_covers_the_image():
+    images = torch.randn(2, 3, 40, 50)
+    expected = per_pixel(images)
+    torch.testing.assert_close(slide_inference(images, per_pixel, 64, 32, 4), expected)
+    torch.testing.assert_close(whole_inference(images, per_pixel, (40, 50)), expected)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (100, 131), (16, 16)])
+def test_overlapping_windows_average_to_the_pointwise_result(size):
+    images = torch.randn(1, 3, *size)
+    out = slide_inference(images, per_pixel, window=16, stride=10, num_classes=4)
+    assert out.shape == (1, 4, *size)
+    torch.testing.assert_close(out, per_pixel(images))
+
+
+def test_window_scores_at_another_resolution_are_resized():
+    calls = []
+
+    def coarse(crop):
+        calls.append(tuple(crop.shape[-2:]))
+        return torch.ones(crop.shape[0], 2, 3, 3)
+
+    out = slide_inference(torch.rand(2, 3, 45, 29), coarse, (24, 16), 12, num_classes=2)
+    assert out.shape == (2, 2, 45, 29)
+    torch.testing.assert_close(out, torch.ones_like(out))
+    assert set(calls) == {(24, 16)}
+
+
+def test_whole_inference_runs_once_at_the_given_size():
+    sizes = []
+
+    def record(images):
+        sizes.append(tuple(images.shape[-2:]))
+        return per_pixel(images)
+
+    out = whole_inference(torch.rand(1, 3, 33, 65), record, 32)
+    assert sizes == [(32, 32)]
+    assert out.shape == (1, 4, 33, 65)
