@@ -79,16 +79,17 @@ class ConfusionMatrix:
             if label.size and (label.min() < 0 or label.max() > 255):
                 raise ValueError("labels must be 8-bit values (0..255)")
             label = label.astype(np.uint8)
-        if pred.size:
-            low = 0 if pred.dtype.kind == "u" else int(pred.min())
-            self._check_pred_range(low, int(pred.max()))
         counts = np.zeros(256 * k, dtype=np.int64)
         buffer = np.empty(min(_CHUNK, pred.size), dtype=np.uint16)
         for start in range(0, pred.size, _CHUNK):
             stop = min(start + _CHUNK, pred.size)
+            chunk = pred[start:stop]
+            # range check per chunk, while it is in cache (the codes below would alias)
+            low = 0 if chunk.dtype.kind == "u" else int(chunk.min())
+            self._check_pred_range(low, int(chunk.max()))
             code = buffer[: stop - start]
             np.multiply(label[start:stop], np.uint16(k), out=code, dtype=np.uint16)
-            np.add(code, pred[start:stop], out=code, casting="unsafe")
+            np.add(code, chunk, out=code, casting="unsafe")
             counts += np.bincount(code, minlength=256 * k)
         return counts.reshape(256, k)
 

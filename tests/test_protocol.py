@@ -204,6 +204,7 @@ def _edit(data: dict, path: tuple, value) -> dict:
         target[path[-1]] = value
     return data
 
+
 VOCAB_ERRORS = [
     (("dataset",), _DELETE, "missing key 'dataset'"),
     (("colour",), "red", "unknown key 'colour'"),

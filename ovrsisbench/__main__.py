@@ -1,0 +1,5 @@
+"""``python -m ovrsisbench`` = the ``ovrsisbench`` command."""
+
+from ovrsisbench.cli import main
+
+main()

@@ -1,0 +1,376 @@
+"""The ``ovrsisbench`` command line: parse, call the core, print with rich."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ovrsisbench.adapter import Adapter, create_adapter, list_adapters
+from ovrsisbench.display import RichProgress, make_progress
+from ovrsisbench.errors import UserError
+
+app = typer.Typer(
+    help="Benchmark harness for open-vocabulary remote-sensing image segmentation (OVRSISBench).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+adapters_app = typer.Typer(help="List, validate and inspect model adapters.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Inspect prepared datasets.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(datasets_app, name="datasets")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DATASET_NAMES = "dlrsd isaid potsdam vaihingen uavid udd5 loveda vdd"
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("OVRSISBENCH_DATA", "data"))
+
+
+def default_results() -> Path:
+    return Path(os.environ.get("OVRSISBENCH_RESULTS", "results"))
+
+
+DataRoot = Annotated[
+    Path | None,
+    typer.Option(
+        help="Prepared data root [default: $OVRSISBENCH_DATA or ./data]", show_default=False
+    ),
+]
+ResultsDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Results folder [default: $OVRSISBENCH_RESULTS or ./results]", show_default=False
+    ),
+]
+OptionList = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="Adapter option KEY=VALUE (repeatable), e.g. -o arch=tiny"),
+]
+Backbone = Annotated[
+    str | None, typer.Option(help="Backbone size passed to the adapter: vit-b or vit-l")
+]
+
+
+def parse_options(pairs: list[str] | None, backbone: str | None = None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to adapter options; values parsed as YAML scalars (1, true, null)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"option '{pair}' must look like KEY=VALUE")
+        try:
+            options[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            options[key] = value
+    if backbone is not None:
+        options["backbone"] = backbone
+    return options
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device for ``--device`` (default: cuda when available, else cpu)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device '{name}' (use cpu or cuda)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def load_adapter(
+    model: str, options: dict[str, Any], weights: Path | None, device: torch.device
+) -> Adapter:
+    """Create and load an adapter; a missing weights file is a user error."""
+    if weights is not None and not weights.is_file():
+        raise UserError(f"weights file {weights} does not exist")
+    adapter = create_adapter(model, **options)
+    adapter.load(weights, device)
+    return adapter
+
+
+# -- commands ---------------------------------------------------------------------------------
+@app.command()
+def prepare(
+    dataset: Annotated[str, typer.Argument(help=f"One of: {DATASET_NAMES}, or all")],
+    src: Annotated[Path, typer.Option(help="Folder or archive downloaded from the source")],
+    data_root: DataRoot = None,
+    source: Annotated[
+        str, typer.Option(help="raw (official download) or archive (OVSISBench archive)")
+    ] = "raw",
+) -> None:
+    """Convert a downloaded dataset into the unified layout under the data root."""
+    from ovrsisbench.data.native import DATASETS
+
+    if dataset != "all" and dataset not in DATASETS:
+        raise UserError(f"unknown dataset '{dataset}' (known: {', '.join(DATASETS)}, all)")
+    if source not in ("raw", "archive"):
+        raise UserError(f"unknown --source '{source}' (use raw or archive)")
+    if not src.exists():
+        raise UserError(f"source path {src} does not exist")
+    raise UserError(
+        "dataset converters are not available yet in this version of ovrsisbench; "
+        "place data prepared in the unified layout (see README) under the data root by hand"
+    )
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option(help="Adapter name, or package.module:ClassName")],
+    protocol: Annotated[
+        str, typer.Option(help="Protocol name (dlrsd, isaid, demo) or YAML path")
+    ] = "dlrsd",
+    datasets: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of the protocol's datasets")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights file for the adapter")] = None,
+    backbone: Backbone = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda if available]")] = (
+        None
+    ),
+    data_root: DataRoot = None,
+    results: ResultsDir = None,
+    option: OptionList = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 4,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Threads reading images ahead of the model (0 = inline)")
+    ] = 2,
+    checkpoint_seconds: Annotated[
+        float, typer.Option(min=0, help="Save progress of the dataset in work this often")
+    ] = 30.0,
+) -> None:
+    """Evaluate one adapter on a protocol's datasets; writes one record per dataset (resumes)."""
+    from ovrsisbench.evaluate import EvalSettings, Evaluator
+    from ovrsisbench.protocol import load_protocol
+    from ovrsisbench.results import ResultStore
+
+    proto = load_protocol(protocol)
+    entries = proto.select(datasets.split(",") if datasets else None)
+    torch_device = resolve_device(device)
+    adapter = load_adapter(model, parse_options(option, backbone), weights, torch_device)
+    results_dir = results or default_results()
+    evaluator = Evaluator(
+        adapter,
+        model,
+        proto,
+        data_root or default_data_root(),
+        ResultStore(results_dir),
+        EvalSettings(
+            device=torch_device,
+            batch_size=batch_size,
+            reader_threads=workers,
+            checkpoint_seconds=checkpoint_seconds,
+        ),
+        weights=weights,
+    )
+    with make_progress(err_console) as progress:
+        outcomes = evaluator.run(entries, RichProgress(progress, f"{model} · "))
+    print_outcomes(outcomes, proto.name, model)
+    update_leaderboards(results_dir, proto)
+    if any(outcome.status == "failed" for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+def print_outcomes(outcomes: list[Any], protocol: str, model: str) -> None:
+    table = Table(title=f"{model} on protocol {protocol}")
+    for column in ("dataset", "status", "mIoU", "fwIoU", "mACC", "pACC", "images", "record"):
+        table.add_column(column)
+    for outcome in outcomes:
+        if outcome.record is None:
+            table.add_row(outcome.dataset, "[red]failed[/red]", *[""] * 5, "")
+            continue
+        metrics = outcome.record["metrics"]
+        table.add_row(
+            outcome.dataset,
+            outcome.status,
+            *(f"{metrics[m]:.2f}" for m in ("mIoU", "fwIoU", "mACC", "pACC")),
+            str(outcome.record["num_images"]),
+            str(outcome.path),
+        )
+    console.print(table)
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            err_console.print(f"error: {outcome.dataset}: {outcome.error}", markup=False)
+
+
+def update_leaderboards(results_dir: Path, protocol: Any) -> None:
+    from ovrsisbench.leaderboard import write_leaderboards
+    from ovrsisbench.protocol import list_protocols, load_protocol
+
+    protocols = {name: load_protocol(name) for name in list_protocols()}
+    protocols[protocol.name] = protocol
+    for path in write_leaderboards(results_dir, list(protocols.values())):
+        console.print(f"leaderboard written: {path}")
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Trainable adapter name")],
+    protocol: Annotated[str, typer.Option(help="dlrsd or isaid: trains on its source dataset")],
+    out: Annotated[Path | None, typer.Option(help="Output folder for checkpoints")] = None,
+    max_iters: Annotated[int | None, typer.Option(help="Stop after this many iterations")] = None,
+) -> None:
+    """Train a trainable adapter on the protocol's source dataset (safetensors + JSON config)."""
+    from ovrsisbench.adapter import find_adapter
+    from ovrsisbench.protocol import load_protocol
+
+    load_protocol(protocol)
+    entry = find_adapter(model)
+    if not entry.cls.trainable:
+        raise UserError(f"model '{model}' is not trainable (it is evaluated as is)")
+    raise UserError("training is not available yet in this version of ovrsisbench")
+
+
+@app.command()
+def leaderboard(
+    protocol: Annotated[str, typer.Option(help="Protocol name or YAML path")] = "dlrsd",
+    format: Annotated[str, typer.Option("--format", help="csv or md")] = "md",
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout")] = None,
+    with_reference: Annotated[
+        bool, typer.Option(help="Add the published rows of results/reference (marked published)")
+    ] = False,
+    fwiou: Annotated[bool, typer.Option(help="Add fwIoU columns")] = False,
+    results: ResultsDir = None,
+) -> None:
+    """Print or write the leaderboard of a protocol, built from result records."""
+    from ovrsisbench.io import atomic_write_text
+    from ovrsisbench.leaderboard import FORMATS, build, render
+    from ovrsisbench.protocol import load_protocol
+
+    if format not in FORMATS:
+        raise UserError(f"unknown format '{format}' (use csv or md)")
+    frame = build(load_protocol(protocol), results or default_results(), with_reference, fwiou)
+    text = render(frame, format)
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        atomic_write_text(out, text)
+        console.print(f"written: {out}")
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """Show every discoverable adapter: name, origin, trainable or not."""
+    table = Table(title="adapters")
+    for column in ("name", "origin", "trainable", "description"):
+        table.add_column(column)
+    for entry in list_adapters():
+        summary = (entry.cls.__doc__ or "").strip().splitlines()
+        table.add_row(
+            entry.name,
+            entry.origin,
+            "yes" if entry.cls.trainable else "no",
+            summary[0] if summary else "",
+        )
+    console.print(table)
+
+
+@adapters_app.command("validate")
+def adapters_validate(
+    name: Annotated[str, typer.Argument(help="Adapter name, or package.module:ClassName")],
+    weights: Annotated[Path | None, typer.Option(help="Weights file for the adapter")] = None,
+    backbone: Backbone = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = "cpu",
+    option: OptionList = None,
+) -> None:
+    """Check an adapter against the contract on generated inputs; lists every breach."""
+    from ovrsisbench.validate import validate_adapter
+
+    torch_device = resolve_device(device)
+    adapter = load_adapter(name, parse_options(option, backbone), weights, torch_device)
+    checks = validate_adapter(adapter, torch_device)
+    for check in checks:
+        mark = "[green]ok[/green]  " if check.problem is None else "[red]FAIL[/red]"
+        console.print(f"{mark} {check.name}" + (f": {check.problem}" if check.problem else ""))
+    failed = [c for c in checks if c.problem is not None]
+    if failed:
+        err_console.print(f"error: adapter '{name}' breaks the contract in {len(failed)} check(s)")
+        raise typer.Exit(1)
+    console.print(f"adapter '{name}' passed all {len(checks)} checks")
+
+
+@adapters_app.command("info")
+def adapters_info(
+    name: Annotated[str, typer.Argument(help="Adapter name, or package.module:ClassName")],
+    backbone: Backbone = None,
+    option: OptionList = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Parameter counts (total, trainable; per group) of the model, built on the meta device."""
+    from ovrsisbench.params import adapter_parameters
+
+    adapter = create_adapter(name, **parse_options(option, backbone))
+    try:
+        counts = adapter_parameters(adapter)
+    except NotImplementedError as error:
+        raise UserError(str(error)) from error
+    if as_json:
+        sys.stdout.write(json.dumps(counts) + "\n")
+        return
+    table = Table(title=f"{name} parameters")
+    for column in ("group", "total", "trainable"):
+        table.add_column(column, justify="right")
+    for group, numbers in counts["groups"].items():
+        table.add_row(group, f"{numbers['total']:,}", f"{numbers['trainable']:,}")
+    table.add_row("all", f"{counts['total']:,}", f"{counts['trainable']:,}", style="bold")
+    console.print(table)
+
+
+@datasets_app.command("list")
+def datasets_list(data_root: DataRoot = None) -> None:
+    """Show each prepared dataset under the data root with its class and image counts."""
+    from ovrsisbench.data.layout import list_datasets
+
+    root = data_root or default_data_root()
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist")
+    prepared = list_datasets(root)
+    table = Table(title=f"prepared datasets in {root}")
+    for column in ("dataset", "classes", "all", "train", "val", "source", "created"):
+        table.add_column(column)
+    for dataset in prepared:
+        meta = dataset.meta
+        splits = meta.splits
+        table.add_row(
+            meta.name,
+            str(len(meta.classes)),
+            *(str(splits.get(s, "-")) for s in ("all", "train", "val")),
+            str(meta.source.get("kind", "")),
+            meta.created,
+        )
+    console.print(table if prepared else f"no prepared datasets in {root}")
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the demo's data and results [default: temp]")
+    ] = None,
+) -> None:
+    """Run the whole pipeline offline on a generated SYNTHETIC benchmark (proves the pipeline)."""
+    from ovrsisbench.demo import run_demo
+
+    if not run_demo(out, console):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app()
+    except UserError as error:
+        err_console.print(f"error: {error}", markup=False, highlight=False)
+        sys.exit(2)

@@ -1,0 +1,53 @@
+"""Rich display helpers shared by the commands: progress bars (on stderr) and tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def make_progress(console: Console | None = None) -> Progress:
+    """A progress display with description, bar, count and time remaining."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+    )
+
+
+class RichProgress:
+    """Progress sink for the evaluation engine: one rich bar per dataset."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress = progress
+        self.label = label
+        self.task: Any = None
+
+    def start(self, dataset: str, total: int, done: int) -> None:
+        self.task = self.progress.add_task(f"{self.label}{dataset}", total=total, completed=done)
+
+    def advance(self, count: int) -> None:
+        self.progress.advance(self.task, count)
+
+
+def frame_table(frame: pd.DataFrame, title: str) -> Table:
+    """A leaderboard frame as a rich table: floats with 2 decimals, missing cells empty."""
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_cell(value) for value in row))
+    return table
+
+
+def _cell(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,273 @@
+"""Evaluation engine: one adapter x the protocol's datasets -> one result record per dataset.
+
+Images are visited in a fixed order; consecutive images of the same size are batched. The
+confusion matrix of a dataset in progress is checkpointed, so an interrupted run resumes
+where it stopped and ends with exactly the counts of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import torch
+
+import ovrsisbench
+from ovrsisbench.adapter import Adapter, file_sha256, json_sha256
+from ovrsisbench.data.layout import open_dataset
+from ovrsisbench.data.loader import SegmentationDataset, read_ahead
+from ovrsisbench.environment import describe_environment, device_name
+from ovrsisbench.metrics import DEFAULT_POLICY, ConfusionMatrix, compute_scores
+from ovrsisbench.params import count_parameters
+from ovrsisbench.protocol import EvalEntry, Protocol
+from ovrsisbench.results import SCHEMA, RecordKey, ResultStore
+
+
+class ProgressSink(TypingProtocol):
+    """Receives progress: ``start`` once per dataset, then ``advance`` per image."""
+
+    def start(self, dataset: str, total: int, done: int) -> None: ...
+    def advance(self, count: int) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """What happened to one evaluation entry."""
+
+    dataset: str
+    status: str  # "done", "skipped" (record exists), "failed"
+    record: dict[str, Any] | None = None
+    path: Path | None = None
+    error: str | None = None
+
+
+@dataclass
+class EvalSettings:
+    """How to run: device, batching, reader threads, checkpoint cadence."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 4
+    reader_threads: int = 2
+    checkpoint_seconds: float = 30.0
+    policy: str = DEFAULT_POLICY
+
+
+class Evaluator:
+    """Runs one loaded adapter over protocol entries, writing records into ``store``."""
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        model_name: str,
+        protocol: Protocol,
+        data_root: Path,
+        store: ResultStore,
+        settings: EvalSettings,
+        weights: Path | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.model_name = model_name
+        self.protocol = protocol
+        self.data_root = Path(data_root)
+        self.store = store
+        self.settings = settings
+        self.weights_sha256 = file_sha256(weights) if weights else adapter.weights_sha256()
+
+    def key(self, entry: EvalEntry) -> RecordKey:
+        vocabulary = entry.vocabulary
+        return RecordKey(
+            model=self.model_name,
+            options=self.adapter.options,
+            weights_sha256=self.weights_sha256,
+            protocol=self.protocol.name,
+            dataset=entry.dataset,
+            split=entry.split,
+            vocabulary={"name": vocabulary.name, "sha256": vocabulary.sha256},
+            code_version=ovrsisbench.__version__,
+        )
+
+    def run(self, entries: list[EvalEntry], progress: ProgressSink | None = None) -> list[Outcome]:
+        """Evaluate every entry; a failing dataset is reported and the others still run."""
+        outcomes = []
+        for entry in entries:
+            key = self.key(entry)
+            try:
+                existing = self.store.find(key)
+                if existing is not None:
+                    outcomes.append(
+                        Outcome(entry.dataset, "skipped", existing, self.store.path_for(key))
+                    )
+                    continue
+                record = self._evaluate(entry, key, progress)
+                outcomes.append(Outcome(entry.dataset, "done", record, self.store.save(record)))
+            except Exception as error:  # one broken dataset or adapter call must not stop the rest
+                outcomes.append(
+                    Outcome(entry.dataset, "failed", error=f"{type(error).__name__}: {error}")
+                )
+        return outcomes
+
+    def _evaluate(
+        self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None
+    ) -> dict[str, Any]:
+        dataset = open_dataset(self.data_root, entry.dataset)
+        vocabulary = entry.vocabulary
+        vocabulary.check_dataset(dataset.meta.classes, str(dataset.directory / "meta.json"))
+        stems = dataset.stems(entry.split)
+        stems_sha = json_sha256(stems)
+        num_classes = len(vocabulary.classes)
+        confusion = ConfusionMatrix(num_classes)
+        state = self.store.load_partial(key)
+        if state is not None and state.get("stems_sha256") == stems_sha:
+            confusion.load(state["confusion"])
+            done, seconds = state["num_images"], state["predict_seconds"]
+        else:
+            done, seconds = 0, 0.0
+        if progress is not None:
+            progress.start(entry.dataset, len(stems), done)
+
+        self.adapter.set_vocabulary(vocabulary.prompts())
+        samples = SegmentationDataset(dataset, entry.split, vocabulary.lookup_table(), start=done)
+        loader = read_ahead(samples, threads=self.settings.reader_threads)
+        last_checkpoint = time.monotonic()
+
+        def checkpoint() -> None:
+            self.store.save_partial(
+                key,
+                {
+                    "num_images": done,
+                    "predict_seconds": seconds,
+                    "stems_sha256": stems_sha,
+                    "confusion": confusion.matrix.tolist(),
+                },
+            )
+
+        try:
+            for images, labels in _batches(loader, self.settings.batch_size):
+                seconds += self._predict_into(confusion, images, labels, num_classes)
+                done += len(images)
+                if progress is not None:
+                    progress.advance(len(images))
+                if time.monotonic() - last_checkpoint >= self.settings.checkpoint_seconds:
+                    checkpoint()
+                    last_checkpoint = time.monotonic()
+        except KeyboardInterrupt:
+            checkpoint()
+            raise
+        if done == 0:
+            raise ValueError(f"split '{entry.split}' of {entry.dataset} has no images")
+        return self._record(entry, key, confusion, done, seconds)
+
+    @contextmanager
+    def _harness_threads(self) -> Iterator[None]:
+        """Run the harness's own CPU tensor work on one torch thread while reader threads decode:
+        on few cores, torch's intra-op threads would otherwise fight them (bench/eval_overhead.py).
+        The adapter's predict keeps torch's thread setting."""
+        if self.settings.device.type != "cpu" or self.settings.reader_threads == 0:
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def _predict_into(
+        self,
+        confusion: ConfusionMatrix,
+        images: list[torch.Tensor],
+        labels: list[torch.Tensor],
+        num_classes: int,
+    ) -> float:
+        device = self.settings.device
+        with self._harness_threads():
+            batch = torch.empty((len(images), *images[0].shape), dtype=torch.float32)
+            for slot, image in zip(batch, images, strict=True):
+                torch.div(image, 255.0, out=slot)  # uint8 -> [0,1] float in one pass
+        batch = batch.to(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            scores = self.adapter.predict(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        expected = (batch.shape[0], num_classes, *batch.shape[2:])
+        if tuple(scores.shape) != expected:
+            raise ValueError(
+                f"adapter '{self.model_name}' returned scores of shape "
+                f"{tuple(scores.shape)}, expected {expected}"
+            )
+        with self._harness_threads():
+            # max(dim).indices = argmax with ties to the first index, several times faster on CPU
+            pred = scores.max(dim=1).indices.to(torch.uint8)
+            for image_pred, label in zip(pred, labels, strict=True):
+                confusion.update(image_pred, label.to(pred.device))
+        return elapsed
+
+    def _record(
+        self,
+        entry: EvalEntry,
+        key: RecordKey,
+        confusion: ConfusionMatrix,
+        num_images: int,
+        seconds: float,
+    ) -> dict[str, Any]:
+        matrix = confusion.matrix
+        scores = compute_scores(matrix, self.settings.policy)
+        network = self.adapter.network
+        params = None
+        if network is not None:
+            counts = count_parameters(network, self.adapter.encoder_modules(network))
+            params = {"total": counts["total"], "trainable": counts["trainable"]}
+        return {
+            "schema": SCHEMA,
+            "model": key.model,
+            "options": key.options,
+            "weights_sha256": key.weights_sha256,
+            "protocol": key.protocol,
+            "dataset": key.dataset,
+            "split": key.split,
+            "vocabulary": key.vocabulary,
+            "classes": entry.vocabulary.names(),
+            "confusion": matrix.tolist(),
+            "metrics": scores.summary(),
+            "per_class": {
+                "iou": scores.iou,
+                "acc": scores.acc,
+                "gt_pixels": matrix.sum(axis=1).tolist(),
+                "pred_pixels": matrix.sum(axis=0).tolist(),
+            },
+            "absent_class_policy": scores.policy,
+            "num_images": num_images,
+            "timing": {
+                "ms_per_image": 1000.0 * seconds / num_images,
+                "device": device_name(self.settings.device),
+                "inference": self.adapter.describe(),
+            },
+            "params": params,
+            "environment": describe_environment(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def _batches(
+    loader: Any, batch_size: int
+) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Group consecutive samples of equal image size, at most ``batch_size`` at a time."""
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    for sample in loader:
+        image = sample["image"]
+        if images and (len(images) == batch_size or image.shape != images[0].shape):
+            yield images, labels
+            images, labels = [], []
+        images.append(image)
+        labels.append(sample["label"])
+    if images:
+        yield images, labels

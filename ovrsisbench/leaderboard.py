@@ -1,0 +1,167 @@
+"""Leaderboards built only from result records, plus clearly marked published reference rows.
+
+One row per (model, options, weights); per dataset of the protocol its mIoU and mACC (fwIoU on
+request); the mean over the protocol's datasets when every dataset has a record; rank by mean
+mIoU. Every number of ours is read from a record file, so it can be traced and recomputed.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from ovrsisbench.adapter import json_sha256
+from ovrsisbench.io import atomic_write_text
+from ovrsisbench.protocol import Protocol, list_protocols, load_protocol
+from ovrsisbench.results import ResultStore
+
+REFERENCE_FILE = "rsktseg_table1.csv"
+FORMATS = ("csv", "md")
+
+
+@dataclass
+class Row:
+    """One leaderboard line: a model configuration and its per-dataset metrics."""
+
+    model: str
+    config: str
+    kind: str  # "ours" or "published (<source>)"
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> metric -> x100
+    created: dict[str, str] = field(default_factory=dict)
+    stated_means: dict[str, float] | None = None  # published rows state their own means
+
+
+def _distinguishing_options(records: list[dict[str, Any]]) -> list[str]:
+    """Option names whose values differ between the records of one model (plus backbone)."""
+    keys = {key for record in records for key in record["options"]}
+    varying = {k for k in keys if len({repr(r["options"].get(k)) for r in records}) > 1}
+    return sorted(varying | ({"backbone"} & keys))
+
+
+def _config_label(record: dict[str, Any], shown: list[str]) -> str:
+    options = [f"{k}={record['options'].get(k)}" for k in shown]
+    weights = (record["weights_sha256"] or "none")[:12]
+    return " ".join([*options, f"weights={weights}"])
+
+
+def rows_from_records(protocol: Protocol, store: ResultStore) -> list[Row]:
+    """Rows of our own results for ``protocol``: only records matching its current entries."""
+    wanted = {(e.dataset, e.split, e.vocabulary.sha256): e.dataset for e in protocol.evaluation}
+    matching: list[tuple[str, dict[str, Any]]] = []
+    for _path, record in store.iter_records():
+        key = (record["dataset"], record["split"], record["vocabulary"]["sha256"])
+        if record["protocol"] == protocol.name and key in wanted:
+            matching.append((wanted[key], record))
+    shown = {
+        model: _distinguishing_options([r for _, r in matching if r["model"] == model])
+        for model in {r["model"] for _, r in matching}
+    }
+    rows: dict[tuple[str, str, str | None], Row] = {}
+    for dataset, record in matching:
+        identity = (record["model"], json_sha256(record["options"]), record["weights_sha256"])
+        label = _config_label(record, shown[record["model"]])
+        row = rows.setdefault(identity, Row(record["model"], label, "ours"))
+        if record["created"] >= row.created.get(dataset, ""):  # newest record wins
+            row.created[dataset] = record["created"]
+            row.metrics[dataset] = dict(record["metrics"])
+    return list(rows.values())
+
+
+def reference_rows(protocol: Protocol) -> list[Row]:
+    """Published rows for ``protocol`` from ``results/reference`` (empty cells stay empty)."""
+    text = resources.files("ovrsisbench.reference").joinpath(REFERENCE_FILE).read_text()
+    rows = []
+    for line in csv.DictReader(text.splitlines()):
+        if line["protocol"] != protocol.name:
+            continue
+        row = Row(
+            model=line["method"],
+            config=f"backbone={line['backbone']}",
+            kind=f"published ({line['source']})",
+        )
+        for entry in protocol.evaluation:
+            values = {m: line.get(f"{entry.dataset}_{m}", "") for m in ("mIoU", "mACC")}
+            row.metrics[entry.dataset] = {m: float(v) for m, v in values.items() if v}
+        means = {m: line[f"mean_{m}"] for m in ("mIoU", "mACC")}
+        row.stated_means = {m: float(v) for m, v in means.items() if v}
+        rows.append(row)
+    return rows
+
+
+def _mean(row: Row, datasets: list[str], metric: str) -> float | None:
+    if row.stated_means is not None:
+        return row.stated_means.get(metric)
+    values = [row.metrics.get(d, {}).get(metric) for d in datasets]
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+def leaderboard_frame(
+    protocol: Protocol, rows: list[Row], with_fwiou: bool = False
+) -> pd.DataFrame:
+    """The table: rank, model, config, kind, per-dataset metrics, means (NaN = missing)."""
+    datasets = [entry.dataset for entry in protocol.evaluation]
+    metrics = ["mIoU", "mACC", *(["fwIoU"] if with_fwiou else [])]
+    table = []
+    for row in rows:
+        line: dict[str, Any] = {"model": row.model, "config": row.config, "kind": row.kind}
+        for dataset in datasets:
+            for metric in metrics:
+                line[f"{dataset} {metric}"] = row.metrics.get(dataset, {}).get(metric)
+        line["mean mIoU"] = _mean(row, datasets, "mIoU")
+        line["mean mACC"] = _mean(row, datasets, "mACC")
+        table.append(line)
+    columns = ["model", "config", "kind"] + [f"{d} {m}" for d in datasets for m in metrics]
+    frame = pd.DataFrame(table, columns=[*columns, "mean mIoU", "mean mACC"])
+    frame = frame.astype({c: "float64" for c in frame.columns[3:]})
+    frame = frame.sort_values(["mean mIoU", "model"], ascending=[False, True], na_position="last")
+    frame.insert(0, "rank", frame["mean mIoU"].rank(ascending=False, method="min").astype("Int64"))
+    return frame.reset_index(drop=True)
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    """CSV (full precision) or Markdown (2 decimals; empty cells for missing values)."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    return tabulate(
+        frame.fillna(""), headers="keys", tablefmt="github", showindex=False, floatfmt=".2f"
+    )
+
+
+def build(
+    protocol: Protocol,
+    results_dir: Path,
+    with_reference: bool = False,
+    with_fwiou: bool = False,
+) -> pd.DataFrame:
+    """The leaderboard of ``protocol`` from the records under ``results_dir``."""
+    rows = rows_from_records(protocol, ResultStore(results_dir))
+    if with_reference:
+        rows += reference_rows(protocol)
+    return leaderboard_frame(protocol, rows, with_fwiou)
+
+
+def write_leaderboards(results_dir: Path, protocols: list[Protocol] | None = None) -> list[Path]:
+    """Write ``leaderboard.csv`` and ``leaderboard.md`` for every protocol that has records."""
+    if protocols is None:
+        protocols = [load_protocol(name) for name in list_protocols()]
+    frames = [(p, build(p, results_dir)) for p in protocols]
+    frames = [(p, f) for p, f in frames if not f.empty]
+    csv_text = pd.concat(
+        [f.assign(protocol=p.name) for p, f in frames] or [pd.DataFrame()], ignore_index=True
+    ).to_csv(index=False)
+    md_parts = ["# Leaderboard\n", "Built from the result records in `records/`.\n"]
+    for protocol, frame in frames:
+        md_parts.append(f"\n## Protocol `{protocol.name}`\n\n{protocol.description}\n\n")
+        md_parts.append(render(frame, "md") + "\n")
+    paths = [Path(results_dir) / "leaderboard.csv", Path(results_dir) / "leaderboard.md"]
+    atomic_write_text(paths[0], csv_text)
+    atomic_write_text(paths[1], "".join(md_parts))
+    return paths

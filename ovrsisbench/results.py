@@ -1,0 +1,152 @@
+"""Result records: their schema, their identity key, and an atomic on-disk store with resume.
+
+A record is one JSON file per (model, options, weights, protocol, dataset, split, vocabulary,
+code version). Its file name carries a hash of that key, so a rerun finds it without reading
+every file. Evaluation in progress is checkpointed to a ``.partial.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ovrsisbench.adapter import json_sha256
+from ovrsisbench.errors import DataError
+from ovrsisbench.io import atomic_write_text
+
+SCHEMA = "ovrsisbench.result/1"
+RECORD_KEYS = (
+    "schema",
+    "model",
+    "options",
+    "weights_sha256",
+    "protocol",
+    "dataset",
+    "split",
+    "vocabulary",
+    "classes",
+    "confusion",
+    "metrics",
+    "per_class",
+    "absent_class_policy",
+    "num_images",
+    "timing",
+    "params",
+    "environment",
+    "created",
+)
+IDENTITY_FIELDS = (
+    "model",
+    "options",
+    "weights_sha256",
+    "protocol",
+    "dataset",
+    "split",
+    "vocabulary",
+    "code_version",
+)
+
+
+@dataclass(frozen=True)
+class RecordKey:
+    """Everything that decides a result: equal keys mean the record can be reused."""
+
+    model: str
+    options: dict[str, Any]
+    weights_sha256: str | None
+    protocol: str
+    dataset: str
+    split: str
+    vocabulary: dict[str, str]  # {"name": ..., "sha256": ...}
+    code_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in IDENTITY_FIELDS}
+
+    @property
+    def digest(self) -> str:
+        return json_sha256(self.as_dict())
+
+
+def key_of_record(record: dict[str, Any]) -> RecordKey:
+    """The identity key stored in a record."""
+    fields = {field: record[field] for field in IDENTITY_FIELDS if field != "code_version"}
+    return RecordKey(**fields, code_version=record["environment"]["ovrsisbench"])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+class ResultStore:
+    """Records below ``<results>/records/<protocol>/<model>/``; writes are atomic."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.results_dir = Path(results_dir)
+        self.records_dir = self.results_dir / "records"
+
+    def path_for(self, key: RecordKey) -> Path:
+        name = f"{_slug(key.dataset)}--{_slug(key.vocabulary['name'])}--{key.digest[:16]}.json"
+        return self.records_dir / _slug(key.protocol) / _slug(key.model) / name
+
+    def partial_path_for(self, key: RecordKey) -> Path:
+        return self.path_for(key).with_suffix(".partial.json")
+
+    def find(self, key: RecordKey) -> dict[str, Any] | None:
+        """The finished record for ``key``, or None (a file with another key is not a match)."""
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        record = read_record(path)
+        return record if key_of_record(record) == key else None
+
+    def save(self, record: dict[str, Any]) -> Path:
+        """Write ``record`` atomically and drop its checkpoint."""
+        key = key_of_record(record)
+        path = self.path_for(key)
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        self.partial_path_for(key).unlink(missing_ok=True)
+        return path
+
+    def load_partial(self, key: RecordKey) -> dict[str, Any] | None:
+        """A checkpoint of an interrupted evaluation for ``key``, if one exists and matches."""
+        path = self.partial_path_for(key)
+        if not path.exists():
+            return None
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # checkpoints are written atomically; an unreadable one is stale
+        return state if state.get("key") == key.digest else None
+
+    def save_partial(self, key: RecordKey, state: dict[str, Any]) -> None:
+        """Checkpoint an evaluation in progress (atomic)."""
+        atomic_write_text(self.partial_path_for(key), json.dumps({**state, "key": key.digest}))
+
+    def iter_records(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Every finished record below the store, in path order."""
+        if not self.records_dir.is_dir():
+            return
+        for path in sorted(self.records_dir.rglob("*.json")):
+            if not path.name.endswith(".partial.json"):
+                yield path, read_record(path)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """Read and check one result record; DataError names the file and the problem."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: unreadable result record ({error})") from error
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: a result record must be a JSON object")
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        raise DataError(f"{path}: result record lacks {', '.join(missing)}")
+    if record["schema"] != SCHEMA:
+        raise DataError(f"{path}: unknown schema '{record['schema']}' (expected {SCHEMA})")
+    return record

@@ -1,0 +1,58 @@
+"""Shared fixtures: generated synthetic data, the toy plug-in adapters, in-process CLI calls."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A data root holding the two synthetic demo datasets (generated once per session)."""
+    from ovrsisbench.data.converters.synthetic import generate_synthetic_benchmark
+
+    root = tmp_path_factory.mktemp("data")
+    generate_synthetic_benchmark(root)
+    return root
+
+
+@pytest.fixture
+def toy_adapters(monkeypatch) -> str:
+    """Make ``toy_adapters:ClassName`` importable; returns the module name."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    return "toy_adapters"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the ``ovrsisbench`` entry point in-process; returns exit code, stdout, stderr."""
+    from ovrsisbench.cli import main
+
+    monkeypatch.setenv("COLUMNS", "250")
+
+    def invoke(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["ovrsisbench", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests_helpers

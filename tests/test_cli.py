@@ -1,0 +1,232 @@
+"""The command line: help texts, one-line errors with exit code 2, run/validate/leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PLUGINS
+
+COMMANDS = [
+    ["--help"],
+    ["prepare", "--help"],
+    ["run", "--help"],
+    ["train", "--help"],
+    ["leaderboard", "--help"],
+    ["adapters", "list", "--help"],
+    ["adapters", "validate", "--help"],
+    ["adapters", "info", "--help"],
+    ["datasets", "list", "--help"],
+    ["demo", "--help"],
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_every_command_has_help(cli, args):
+    result = cli(*args)
+    assert result.code == 0 and "Usage" in result.out
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    assert result.code == 2, (result.out, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_user_mistakes_are_one_line(cli, tmp_path, synthetic_root):
+    bad_yaml = tmp_path / "broken.yaml"
+    bad_yaml.write_text("name: [unclosed\n")
+    assert_user_error(
+        cli("run", "--model", "no-such-model", "--data-root", synthetic_root),
+        "unknown model 'no-such-model'",
+    )
+    assert_user_error(cli("run", "--model", "x:Y", "--protocol", "nope"), "nope")
+    assert_user_error(
+        cli("run", "--model", "no_module_here:Thing", "--protocol", "demo"),
+        "cannot import adapter module 'no_module_here'",
+    )
+    assert_user_error(cli("leaderboard", "--protocol", str(bad_yaml)), "broken.yaml")
+    assert_user_error(
+        cli("datasets", "list", "--data-root", tmp_path / "missing"), "does not exist"
+    )
+    assert_user_error(cli("prepare", "mars", "--src", tmp_path), "unknown dataset 'mars'")
+    assert_user_error(cli("prepare", "loveda", "--src", tmp_path / "nowhere"), "does not exist")
+    assert_user_error(cli("prepare", "loveda", "--src", tmp_path), "not available yet")
+    assert_user_error(cli("leaderboard", "--format", "xls"), "unknown format")
+    assert_user_error(cli("run", "--model", "maskclip", "--device", "tpu"), "unknown device")
+    assert_user_error(cli("run", "--model", "maskclip", "-o", "arch"), "KEY=VALUE")
+    assert_user_error(
+        cli("run", "--model", "maskclip", "-o", "colour=red", "--protocol", "demo"),
+        "has no option colour",
+    )
+    assert_user_error(cli("train", "--model", "maskclip", "--protocol", "dlrsd"), "not trainable")
+
+
+def test_run_writes_records_prints_table_and_leaderboard(
+    cli, tmp_path, synthetic_root, toy_adapters
+):
+    args = [
+        "run",
+        "--model",
+        "toy_adapters:ColourAdapter",
+        "--protocol",
+        "demo",
+        "--data-root",
+        synthetic_root,
+        "--results",
+        tmp_path,
+        "--device",
+        "cpu",
+    ]
+    first = cli(*args)
+    assert first.code == 0, first.err
+    assert "synthetic-source" in first.out and "done" in first.out
+    records = sorted((tmp_path / "records").rglob("*.json"))
+    assert len(records) == 2
+    assert (tmp_path / "leaderboard.md").exists() and (tmp_path / "leaderboard.csv").exists()
+    second = cli(*args)
+    assert second.code == 0 and "skipped" in second.out
+
+    board = cli("leaderboard", "--protocol", "demo", "--results", tmp_path, "--format", "csv")
+    assert board.code == 0 and "toy_adapters:ColourAdapter" in board.out
+
+
+def test_run_exit_code_says_something_failed(cli, tmp_path, synthetic_root, toy_adapters):
+    result = cli(
+        "run",
+        "--model",
+        "toy_adapters:FailingAdapter",
+        "--protocol",
+        "demo",
+        "--data-root",
+        synthetic_root,
+        "--results",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
+    assert result.code == 1
+    assert "simulated adapter failure" in result.err
+
+
+def test_leaderboard_with_reference_marks_published_rows(cli, tmp_path):
+    result = cli(
+        "leaderboard",
+        "--protocol",
+        "isaid",
+        "--with-reference",
+        "--results",
+        tmp_path,
+        "--format",
+        "csv",
+    )
+    assert result.code == 0
+    lines = result.out.strip().splitlines()
+    assert len(lines) == 15 and all('"published (' in line for line in lines[1:])
+    out = tmp_path / "board.md"
+    assert (
+        cli(
+            "leaderboard",
+            "--protocol",
+            "isaid",
+            "--with-reference",
+            "--results",
+            tmp_path,
+            "--out",
+            out,
+        ).code
+        == 0
+    )
+    assert "published" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("adapter", "breach"),
+    [
+        ("WrongShapeAdapter", "wrong shape"),
+        ("NaNAdapter", "non-finite values"),
+        ("DeafAdapter", "set_vocabulary is ignored"),
+    ],
+)
+def test_validate_names_each_breach(cli, toy_adapters, adapter, breach):
+    result = cli("adapters", "validate", f"toy_adapters:{adapter}")
+    assert result.code == 1
+    assert breach in result.out
+    assert "breaks the contract" in result.err
+
+
+def test_validate_accepts_a_good_third_party_adapter(cli, toy_adapters):
+    result = cli("adapters", "validate", "toy_adapters:ColourAdapter")
+    assert result.code == 0, result.out
+    assert "passed all" in result.out
+
+
+def test_datasets_list_shows_counts(cli, synthetic_root):
+    result = cli("datasets", "list", "--data-root", synthetic_root)
+    assert result.code == 0
+    assert "synthetic-source" in result.out and "synthetic-target" in result.out
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, synthetic_root):
+    env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def command(results: Path, model: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "ovrsisbench",
+            "run",
+            "--model",
+            f"toy_adapters:{model}",
+            "--protocol",
+            "demo",
+            "--data-root",
+            str(synthetic_root),
+            "--results",
+            str(results),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "1",
+            "--checkpoint-seconds",
+            "0",
+        ]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        command(killed, "SlowAdapter"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not list(killed.rglob("*.partial.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    for path in killed.rglob("*.json"):
+        json.loads(path.read_text())  # never a truncated JSON file
+    assert list(killed.rglob("*.partial.json")), "the run was not interrupted half-way"
+
+    whole = tmp_path / "whole"
+    for results in (killed, whole):
+        subprocess.run(command(results, "SlowAdapter"), env=env, check=True, capture_output=True)
+
+    def matrices(results: Path) -> dict[str, list]:
+        return {
+            p.name: json.loads(p.read_text())["confusion"]
+            for p in (results / "records").rglob("*.json")
+        }
+
+    assert matrices(killed) == matrices(whole) and len(matrices(whole)) == 2
+    assert not list(killed.rglob("*.partial.json"))

@@ -1,0 +1,186 @@
+"""Evaluation engine: exact counts, batch invariance, resume, interruption, failure isolation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ovrsisbench.adapter import create_adapter
+from ovrsisbench.data.layout import open_dataset
+from ovrsisbench.evaluate import EvalSettings, Evaluator
+from ovrsisbench.metrics import compute_scores
+from ovrsisbench.protocol import load_protocol
+from ovrsisbench.results import RECORD_KEYS, ResultStore
+
+
+def make_evaluator(model, data_root, results, batch_size=4, checkpoint_seconds=30.0, **options):
+    adapter = create_adapter(model, **options)
+    adapter.load(None, "cpu")
+    return Evaluator(
+        adapter,
+        model,
+        load_protocol("demo"),
+        data_root,
+        ResultStore(results),
+        EvalSettings(batch_size=batch_size, checkpoint_seconds=checkpoint_seconds),
+    )
+
+
+def brute_force_confusion(adapter, data_root, entry) -> np.ndarray:
+    dataset = open_dataset(data_root, entry.dataset)
+    vocabulary = entry.vocabulary
+    adapter.set_vocabulary(vocabulary.prompts())
+    lookup = vocabulary.lookup_table()
+    k = len(vocabulary.classes)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    for stem in dataset.stems(entry.split):
+        image = torch.from_numpy(dataset.read_image(stem)).permute(2, 0, 1)[None].float() / 255
+        pred = adapter.predict(image)[0].argmax(0).numpy()
+        label = lookup[dataset.read_label(stem)]
+        valid = label != 255
+        np.add.at(matrix, (label[valid], pred[valid]), 1)
+    return matrix
+
+
+def test_records_hold_exact_counts_and_all_keys(synthetic_root, tmp_path, toy_adapters):
+    evaluator = make_evaluator(f"{toy_adapters}:ColourAdapter", synthetic_root, tmp_path)
+    outcomes = evaluator.run(list(evaluator.protocol.evaluation))
+    assert [o.status for o in outcomes] == ["done", "done"]
+    for outcome, entry in zip(outcomes, evaluator.protocol.evaluation, strict=True):
+        record = json.loads(outcome.path.read_text())
+        assert set(RECORD_KEYS) <= set(record)
+        assert record["absent_class_policy"] == "exclude-absent"
+        matrix = np.array(record["confusion"], dtype=np.int64)
+        np.testing.assert_array_equal(
+            matrix, brute_force_confusion(evaluator.adapter, synthetic_root, entry)
+        )
+        recomputed = compute_scores(matrix)
+        assert record["metrics"] == recomputed.summary()
+        assert record["per_class"]["iou"] == recomputed.iou
+        assert record["classes"] == entry.vocabulary.names()
+        assert record["num_images"] == len(
+            open_dataset(synthetic_root, entry.dataset).stems(entry.split)
+        )
+        assert record["params"] == {"total": 12, "trainable": 12}
+        assert record["timing"]["ms_per_image"] > 0
+
+
+def test_batch_size_does_not_change_results(synthetic_root, tmp_path, toy_adapters):
+    matrices = []
+    for batch_size in (1, 3, 8):
+        evaluator = make_evaluator(
+            f"{toy_adapters}:ColourAdapter", synthetic_root, tmp_path / str(batch_size), batch_size
+        )
+        matrices.append(
+            [o.record["confusion"] for o in evaluator.run(list(evaluator.protocol.evaluation))]
+        )
+    assert matrices[0] == matrices[1] == matrices[2]
+
+
+def test_rerun_skips_and_leaves_records_untouched(synthetic_root, tmp_path, toy_adapters):
+    model = f"{toy_adapters}:ColourAdapter"
+    first = make_evaluator(model, synthetic_root, tmp_path).run(
+        list(load_protocol("demo").evaluation)
+    )
+    before = {o.path: (o.path.read_bytes(), o.path.stat().st_mtime_ns) for o in first}
+    second = make_evaluator(model, synthetic_root, tmp_path).run(
+        list(load_protocol("demo").evaluation)
+    )
+    assert [o.status for o in second] == ["skipped", "skipped"]
+    assert {o.path: (o.path.read_bytes(), o.path.stat().st_mtime_ns) for o in second} == before
+    # another option value is another key: it is evaluated, not skipped
+    third = make_evaluator(model, synthetic_root, tmp_path, gain=2.0).run(
+        list(load_protocol("demo").evaluation)
+    )
+    assert [o.status for o in third] == ["done", "done"]
+
+
+class StopAfter:
+    """Progress sink that interrupts the run after ``limit`` images (like Ctrl-C)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.seen = limit, 0
+
+    def start(self, dataset, total, done):
+        pass
+
+    def advance(self, count):
+        self.seen += count
+        if self.seen >= self.limit:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_identical_counts(synthetic_root, tmp_path, toy_adapters):
+    model = f"{toy_adapters}:ColourAdapter"
+    entries = list(load_protocol("demo").evaluation)
+    reference = make_evaluator(model, synthetic_root, tmp_path / "whole").run(entries)
+
+    interrupted = make_evaluator(
+        model, synthetic_root, tmp_path / "cut", batch_size=2, checkpoint_seconds=0.0
+    )
+    stopper = StopAfter(5)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run(entries, stopper)
+    partials = list((tmp_path / "cut").rglob("*.partial.json"))
+    assert len(partials) == 1
+    assert json.loads(partials[0].read_text())["num_images"] == stopper.seen >= 5
+
+    class Recorder(StopAfter):
+        def start(self, dataset, total, done):
+            self.starts.append(done)
+
+    recorder = Recorder(10**9)
+    recorder.starts = []
+    resumed = make_evaluator(model, synthetic_root, tmp_path / "cut").run(entries, recorder)
+    assert recorder.starts == [stopper.seen, 0]  # continued where it stopped, not from zero
+    assert [o.record["confusion"] for o in resumed] == [o.record["confusion"] for o in reference]
+    assert [o.record["num_images"] for o in resumed] == [o.record["num_images"] for o in reference]
+    assert not list((tmp_path / "cut").rglob("*.partial.json"))
+
+
+def test_a_failing_dataset_does_not_stop_the_others(synthetic_root, tmp_path, toy_adapters):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "synthetic-source", root / "synthetic-source")
+    evaluator = make_evaluator(f"{toy_adapters}:ColourAdapter", root, tmp_path / "results")
+    outcomes = evaluator.run(list(evaluator.protocol.evaluation))
+    assert [o.status for o in outcomes] == ["done", "failed"]
+    assert "synthetic-target" in outcomes[1].error and "not prepared" in outcomes[1].error
+
+
+def test_corrupt_image_is_reported_by_path(synthetic_root, tmp_path, toy_adapters):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    dataset = open_dataset(root, "synthetic-target")
+    victim = dataset.image_path(dataset.stems("all")[3])
+    victim.write_bytes(victim.read_bytes()[:40])
+    evaluator = make_evaluator(f"{toy_adapters}:ColourAdapter", root, tmp_path / "results")
+    outcomes = evaluator.run(list(evaluator.protocol.evaluation))
+    assert [o.status for o in outcomes] == ["done", "failed"]
+    assert str(victim) in outcomes[1].error
+    assert not list((tmp_path / "results").rglob("synthetic-target*.json"))
+
+
+def test_adapter_errors_and_bad_shapes_fail_the_dataset(synthetic_root, tmp_path, toy_adapters):
+    for name, message in (
+        ("FailingAdapter", "simulated adapter failure"),
+        ("WrongShapeAdapter", "returned scores of shape"),
+    ):
+        evaluator = make_evaluator(f"{toy_adapters}:{name}", synthetic_root, tmp_path / name)
+        outcomes = evaluator.run(list(evaluator.protocol.evaluation))
+        assert all(o.status == "failed" and message in o.error for o in outcomes)
+
+
+def test_vocabulary_must_match_the_prepared_classes(synthetic_root, tmp_path, toy_adapters):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    meta_path = root / "synthetic-target" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["classes"][3] = "truck"
+    meta_path.write_text(json.dumps(meta))
+    evaluator = make_evaluator(f"{toy_adapters}:ColourAdapter", root, tmp_path / "results")
+    outcomes = evaluator.run(list(evaluator.protocol.evaluation))
+    assert outcomes[1].status == "failed" and str(meta_path) in outcomes[1].error

@@ -1,0 +1,70 @@
+"""Leaderboards: built only from records, means and ranks, published rows marked as such."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from tests_helpers import run_toy  # noqa: I001
+
+from ovrsisbench.leaderboard import build, render, write_leaderboards
+from ovrsisbench.protocol import load_protocol
+
+
+def test_rows_come_from_records(synthetic_root, tmp_path, toy_adapters):
+    protocol = load_protocol("demo")
+    records = {}
+    for gain in (1.0, 3.0):
+        outcomes = run_toy(toy_adapters, synthetic_root, tmp_path, gain=gain)
+        records[gain] = {o.dataset: o.record for o in outcomes}
+    frame = build(protocol, tmp_path)
+    assert len(frame) == 2 and set(frame["kind"]) == {"ours"}
+    for _, row in frame.iterrows():
+        gain = 1.0 if "gain=1.0" in row["config"] else 3.0
+        values = [
+            records[gain][d]["metrics"]["mIoU"] for d in ("synthetic-source", "synthetic-target")
+        ]
+        assert row["synthetic-source mIoU"] == values[0]
+        assert row["mean mIoU"] == pytest.approx(sum(values) / 2)
+    assert list(frame["rank"]) == [1, 2]
+    assert frame["mean mIoU"].is_monotonic_decreasing
+
+
+def test_incomplete_rows_have_no_mean_and_no_rank(synthetic_root, tmp_path, toy_adapters):
+    run_toy(toy_adapters, synthetic_root, tmp_path, datasets=["synthetic-source"])
+    frame = build(load_protocol("demo"), tmp_path)
+    assert math.isnan(frame.loc[0, "mean mIoU"]) and pd.isna(frame.loc[0, "rank"])
+    assert math.isnan(frame.loc[0, "synthetic-target mIoU"])
+
+
+def test_records_of_another_vocabulary_do_not_count(synthetic_root, tmp_path, toy_adapters):
+    outcomes = run_toy(toy_adapters, synthetic_root, tmp_path)
+    record = json.loads(outcomes[0].path.read_text())
+    record["vocabulary"]["sha256"] = "0" * 64
+    outcomes[0].path.write_text(json.dumps(record))
+    frame = build(load_protocol("demo"), tmp_path)
+    assert math.isnan(frame.loc[0, "synthetic-source mIoU"])
+
+
+def test_published_rows_are_marked_and_missing_cells_stay_empty(tmp_path):
+    frame = build(load_protocol("dlrsd"), tmp_path, with_reference=True)
+    assert len(frame) == 14 and frame["kind"].str.startswith("published").all()
+    rskt_b = frame[(frame["model"] == "RSKT-Seg") & (frame["config"] == "backbone=ViT-B")].iloc[0]
+    assert rskt_b["dlrsd mIoU"] == 90.60 and rskt_b["udd5 mACC"] == 57.81
+    assert math.isnan(rskt_b["vaihingen mIoU"]) and math.isnan(rskt_b["mean mIoU"])
+    assert pd.isna(rskt_b["rank"])
+    assert build(load_protocol("dlrsd"), tmp_path).empty  # never shown without the flag
+
+
+def test_render_and_write(synthetic_root, tmp_path, toy_adapters):
+    run_toy(toy_adapters, synthetic_root, tmp_path)
+    frame = build(load_protocol("demo"), tmp_path)
+    csv_text = render(frame, "csv")
+    assert csv_text.splitlines()[0].startswith("rank,model,config,kind,synthetic-source mIoU")
+    markdown = render(frame, "md")
+    assert markdown.startswith("|   rank | model") and "toy_adapters:ColourAdapter" in markdown
+    csv_path, md_path = write_leaderboards(tmp_path, [load_protocol("demo")])
+    assert "toy_adapters:ColourAdapter" in csv_path.read_text()
+    assert "Protocol `demo`" in md_path.read_text()

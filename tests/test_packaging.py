@@ -1,0 +1,90 @@
+"""A non-editable install (wheel) ships adapters, models, protocols and reference data inside
+the ovrsisbench namespace, never as bare top-level packages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    pytest.importorskip("build")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return next(out.glob("ovrsisbench-*.whl"))
+
+
+def test_wheel_layout(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names if not name.endswith(".dist-info/RECORD")}
+    assert {t for t in top_level if not t.endswith(".dist-info")} == {"ovrsisbench"}
+    for expected in (
+        "ovrsisbench/adapters/maskclip.py",
+        "ovrsisbench/models/maskclip/model.py",
+        "ovrsisbench/models/common/dense_clip.py",
+        "ovrsisbench/protocols/dlrsd.yaml",
+        "ovrsisbench/protocols/vocab/loveda-clean.yaml",
+        "ovrsisbench/reference/rsktseg_table1.csv",
+    ):
+        assert expected in names
+
+
+def test_installed_wheel_finds_builtins_and_data(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    probe = (
+        "import ovrsisbench, ovrsisbench.adapters, ovrsisbench.models.maskclip;"
+        "from ovrsisbench.adapter import find_adapter;"
+        "from ovrsisbench.protocol import load_protocol;"
+        "from ovrsisbench.leaderboard import reference_rows;"
+        "p = load_protocol('dlrsd');"
+        "print(ovrsisbench.__file__, ovrsisbench.adapters.__file__,"
+        " ovrsisbench.models.maskclip.__file__, find_adapter('maskclip').origin,"
+        " len(p.evaluation), len(reference_rows(p)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert all(path.startswith(str(target)) for path in out[:3]), out
+    assert out[3:] == ["built-in", "8", "14"]
