@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ovrsisbench.adapter import Adapter, create_adapter, list_adapters
+from ovrsisbench.adapter import Adapter, create_adapter, find_adapter, list_adapters
 from ovrsisbench.display import RichProgress, make_progress
 from ovrsisbench.errors import UserError
 
@@ -91,13 +91,10 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def load_adapter(
-    model: str, options: dict[str, Any], weights: Path | None, device: torch.device
-) -> Adapter:
-    """Create and load an adapter; a missing weights file is a user error."""
+def load_weights(adapter: Adapter, weights: Path | None, device: torch.device) -> Adapter:
+    """Load ``adapter`` onto ``device``; a missing weights file is a user error."""
     if weights is not None and not weights.is_file():
         raise UserError(f"weights file {weights} does not exist")
-    adapter = create_adapter(model, **options)
     adapter.load(weights, device)
     return adapter
 
@@ -160,13 +157,18 @@ def run(
     proto = load_protocol(protocol)
     entries = proto.select(datasets.split(",") if datasets else None)
     torch_device = resolve_device(device)
-    adapter = load_adapter(model, parse_options(option, backbone), weights, torch_device)
+    options = parse_options(option, backbone)
+    adapter = create_adapter(model, **options)  # name and options checked before loading
+    root = data_root or default_data_root()
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist (give --data-root or $OVRSISBENCH_DATA)")
+    load_weights(adapter, weights, torch_device)
     results_dir = results or default_results()
     evaluator = Evaluator(
         adapter,
         model,
         proto,
-        data_root or default_data_root(),
+        root,
         ResultStore(results_dir),
         EvalSettings(
             device=torch_device,
@@ -224,7 +226,6 @@ def train(
     max_iters: Annotated[int | None, typer.Option(help="Stop after this many iterations")] = None,
 ) -> None:
     """Train a trainable adapter on the protocol's source dataset (safetensors + JSON config)."""
-    from ovrsisbench.adapter import find_adapter
     from ovrsisbench.protocol import load_protocol
 
     load_protocol(protocol)
@@ -243,16 +244,25 @@ def leaderboard(
         bool, typer.Option(help="Add the published rows of results/reference (marked published)")
     ] = False,
     fwiou: Annotated[bool, typer.Option(help="Add fwIoU columns")] = False,
+    policy: Annotated[
+        str,
+        typer.Option(help="Absent-class policy: exclude-absent (published) or mmseg (recomputed)"),
+    ] = "exclude-absent",
     results: ResultsDir = None,
 ) -> None:
     """Print or write the leaderboard of a protocol, built from result records."""
     from ovrsisbench.io import atomic_write_text
     from ovrsisbench.leaderboard import FORMATS, build, render
+    from ovrsisbench.metrics import POLICIES
     from ovrsisbench.protocol import load_protocol
 
     if format not in FORMATS:
         raise UserError(f"unknown format '{format}' (use csv or md)")
-    frame = build(load_protocol(protocol), results or default_results(), with_reference, fwiou)
+    if policy not in POLICIES:
+        raise UserError(f"unknown policy '{policy}' (use {' or '.join(POLICIES)})")
+    frame = build(
+        load_protocol(protocol), results or default_results(), with_reference, fwiou, policy
+    )
     text = render(frame, format)
     if out is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -290,7 +300,8 @@ def adapters_validate(
     from ovrsisbench.validate import validate_adapter
 
     torch_device = resolve_device(device)
-    adapter = load_adapter(name, parse_options(option, backbone), weights, torch_device)
+    adapter = create_adapter(name, **parse_options(option, backbone))
+    load_weights(adapter, weights, torch_device)
     checks = validate_adapter(adapter, torch_device)
     for check in checks:
         mark = "[green]ok[/green]  " if check.problem is None else "[red]FAIL[/red]"

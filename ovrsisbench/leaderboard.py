@@ -13,11 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
 from ovrsisbench.adapter import json_sha256
+from ovrsisbench.errors import UserError
 from ovrsisbench.io import atomic_write_text
+from ovrsisbench.metrics import DEFAULT_POLICY, compute_scores
 from ovrsisbench.protocol import Protocol, list_protocols, load_protocol
 from ovrsisbench.results import ResultStore
 
@@ -50,7 +53,16 @@ def _config_label(record: dict[str, Any], shown: list[str]) -> str:
     return " ".join([*options, f"weights={weights}"])
 
 
-def rows_from_records(protocol: Protocol, store: ResultStore) -> list[Row]:
+def record_metrics(record: dict[str, Any], policy: str) -> dict[str, float]:
+    """The record's metrics under ``policy``: as stored, or recomputed from its matrix."""
+    if record["absent_class_policy"] == policy:
+        return dict(record["metrics"])
+    return compute_scores(np.asarray(record["confusion"], dtype=np.int64), policy).summary()
+
+
+def rows_from_records(
+    protocol: Protocol, store: ResultStore, policy: str = DEFAULT_POLICY
+) -> list[Row]:
     """Rows of our own results for ``protocol``: only records matching its current entries."""
     wanted = {(e.dataset, e.split, e.vocabulary.sha256): e.dataset for e in protocol.evaluation}
     matching: list[tuple[str, dict[str, Any]]] = []
@@ -69,7 +81,7 @@ def rows_from_records(protocol: Protocol, store: ResultStore) -> list[Row]:
         row = rows.setdefault(identity, Row(record["model"], label, "ours"))
         if record["created"] >= row.created.get(dataset, ""):  # newest record wins
             row.created[dataset] = record["created"]
-            row.metrics[dataset] = dict(record["metrics"])
+            row.metrics[dataset] = record_metrics(record, policy)
     return list(rows.values())
 
 
@@ -140,9 +152,19 @@ def build(
     results_dir: Path,
     with_reference: bool = False,
     with_fwiou: bool = False,
+    policy: str = DEFAULT_POLICY,
 ) -> pd.DataFrame:
-    """The leaderboard of ``protocol`` from the records under ``results_dir``."""
-    rows = rows_from_records(protocol, ResultStore(results_dir))
+    """The leaderboard of ``protocol`` from the records under ``results_dir``.
+
+    Published rows follow the default policy (detectron2's); with another ``policy`` they are
+    left out rather than shown next to numbers computed differently.
+    """
+    rows = rows_from_records(protocol, ResultStore(results_dir), policy)
+    if with_reference and policy != DEFAULT_POLICY:
+        raise UserError(
+            f"published rows use the '{DEFAULT_POLICY}' policy; drop --with-reference "
+            f"to see '{policy}' numbers"
+        )
     if with_reference:
         rows += reference_rows(protocol)
     return leaderboard_frame(protocol, rows, with_fwiou)

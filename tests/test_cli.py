@@ -230,3 +230,82 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, synthetic_root
 
     assert matrices(killed) == matrices(whole) and len(matrices(whole)) == 2
     assert not list(killed.rglob("*.partial.json"))
+
+
+def test_run_with_a_missing_data_root_is_a_user_error(cli, tmp_path):
+    result = cli(
+        "run",
+        "--model",
+        "maskclip",
+        "-o",
+        "arch=tiny",
+        "--protocol",
+        "demo",
+        "--data-root",
+        tmp_path / "absent",
+        "--results",
+        tmp_path,
+    )
+    assert_user_error(result, "data root", "does not exist")
+
+
+def test_adapters_list_and_info(cli):
+    listed = cli("adapters", "list")
+    assert listed.code == 0 and "maskclip" in listed.out and "built-in" in listed.out
+    info = cli("adapters", "info", "maskclip", "--backbone", "vit-b", "--json")
+    assert info.code == 0
+    counts = json.loads(info.out)
+    assert set(counts) == {"total", "trainable", "groups"}
+    assert set(counts["groups"]) == {"clip", "head"}
+    assert all(set(group) == {"total", "trainable"} for group in counts["groups"].values())
+    assert counts["total"] == sum(g["total"] for g in counts["groups"].values())
+    assert counts["trainable"] == 0  # training-free: every CLIP weight frozen
+    larger = json.loads(cli("adapters", "info", "maskclip", "--backbone", "vit-l", "--json").out)
+    assert larger["total"] > counts["total"]
+    table = cli("adapters", "info", "maskclip")
+    assert table.code == 0 and "clip" in table.out and "all" in table.out
+
+
+def test_leaderboard_policy_recomputes_from_the_matrices(
+    cli, tmp_path, synthetic_root, toy_adapters
+):
+    from ovrsisbench.metrics import compute_scores
+
+    assert (
+        cli(
+            "run",
+            "--model",
+            "toy_adapters:ColourAdapter",
+            "--protocol",
+            "demo",
+            "--data-root",
+            synthetic_root,
+            "--results",
+            tmp_path,
+        ).code
+        == 0
+    )
+    board = cli(
+        "leaderboard",
+        "--protocol",
+        "demo",
+        "--results",
+        tmp_path,
+        "--format",
+        "csv",
+        "--policy",
+        "mmseg",
+    )
+    assert board.code == 0
+    header, row = board.out.strip().splitlines()
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    record = next(
+        json.loads(p.read_text())
+        for p in (tmp_path / "records").rglob("*.json")
+        if json.loads(p.read_text())["dataset"] == "synthetic-target"
+    )
+    expected = compute_scores(record["confusion"], "mmseg").miou
+    assert float(values["synthetic-target mIoU"]) == pytest.approx(expected)
+    assert_user_error(
+        cli("leaderboard", "--protocol", "demo", "--policy", "pangaea"), "unknown policy"
+    )

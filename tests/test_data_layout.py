@@ -478,3 +478,15 @@ def test_interrupted_atomic_write_keeps_old_file(tmp_path):
         explode()
     assert path.read_bytes() == b"old"
     assert _files(tmp_path) == [path]
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from ovrsisbench.io import atomic_write_text
+
+    target = tmp_path / "record.json"
+    atomic_write_text(target, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -149,3 +149,26 @@ def test_load_restores_counts():
     other = ConfusionMatrix(4)
     other.load(cm.matrix)
     np.testing.assert_array_equal(other.matrix, cm.matrix)
+
+
+def test_device_path_counts_like_the_cpu_path():
+    # the bincount path used for tensors on an accelerator, exercised here on CPU tensors
+    rng = np.random.default_rng(1)
+    gt = rng.integers(0, 6, 5000).astype(np.uint8)
+    gt[:300] = 255
+    pred = rng.integers(0, 6, 5000)
+    cm = ConfusionMatrix(6)
+    counts = cm._count_torch(torch.from_numpy(pred), torch.from_numpy(gt))
+    np.testing.assert_array_equal(counts[:6], brute_force(pred, gt, 6))
+    assert counts[255].sum() == 300
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors_count_exactly():
+    rng = np.random.default_rng(2)
+    gt = rng.integers(0, 9, (2, 300, 300)).astype(np.uint8)
+    pred = rng.integers(0, 9, (2, 300, 300))
+    cm = ConfusionMatrix(9)
+    cm.update(torch.from_numpy(pred).cuda(), torch.from_numpy(gt).cuda())
+    np.testing.assert_array_equal(cm.matrix, brute_force(pred, gt, 9))
