@@ -39,14 +39,9 @@ RECORD_KEYS = (
     "environment",
     "created",
 )
+# model .. vocabulary of a record, plus the code version: equal keys mean a reusable record
 IDENTITY_FIELDS = (
-    "model",
-    "options",
-    "weights_sha256",
-    "protocol",
-    "dataset",
-    "split",
-    "vocabulary",
+    *RECORD_KEYS[RECORD_KEYS.index("model") : RECORD_KEYS.index("classes")],
     "code_version",
 )
 

@@ -33,6 +33,14 @@ def test_every_command_has_help(cli, args):
     assert result.code == 0 and "Usage" in result.out
 
 
+def toy_run(model: str, data_root, results, *extra: str) -> list[str]:
+    """Arguments of `ovrsisbench run` for a toy adapter on the synthetic demo protocol."""
+    return [
+        "run", "--model", f"toy_adapters:{model}", "--protocol", "demo",
+        "--data-root", str(data_root), "--results", str(results), "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
 def assert_user_error(result, *fragments: str) -> None:
     assert result.code == 2, (result.out, result.err)
     lines = result.err.strip().splitlines()
@@ -74,19 +82,7 @@ def test_user_mistakes_are_one_line(cli, tmp_path, synthetic_root):
 def test_run_writes_records_prints_table_and_leaderboard(
     cli, tmp_path, synthetic_root, toy_adapters
 ):
-    args = [
-        "run",
-        "--model",
-        "toy_adapters:ColourAdapter",
-        "--protocol",
-        "demo",
-        "--data-root",
-        synthetic_root,
-        "--results",
-        tmp_path,
-        "--device",
-        "cpu",
-    ]
+    args = toy_run("ColourAdapter", synthetic_root, tmp_path)
     first = cli(*args)
     assert first.code == 0, first.err
     assert "synthetic-source" in first.out and "done" in first.out
@@ -101,19 +97,7 @@ def test_run_writes_records_prints_table_and_leaderboard(
 
 
 def test_run_exit_code_says_something_failed(cli, tmp_path, synthetic_root, toy_adapters):
-    result = cli(
-        "run",
-        "--model",
-        "toy_adapters:FailingAdapter",
-        "--protocol",
-        "demo",
-        "--data-root",
-        synthetic_root,
-        "--results",
-        tmp_path,
-        "--device",
-        "cpu",
-    )
+    result = cli(*toy_run("FailingAdapter", synthetic_root, tmp_path))
     assert result.code == 1
     assert "simulated adapter failure" in result.err
 
@@ -180,26 +164,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, synthetic_root
     env = {**os.environ, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
     def command(results: Path, model: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "ovrsisbench",
-            "run",
-            "--model",
-            f"toy_adapters:{model}",
-            "--protocol",
-            "demo",
-            "--data-root",
-            str(synthetic_root),
-            "--results",
-            str(results),
-            "--device",
-            "cpu",
-            "--batch-size",
-            "1",
-            "--checkpoint-seconds",
-            "0",
-        ]
+        return [sys.executable, "-m", "ovrsisbench"] + toy_run(
+            model, synthetic_root, results, "--batch-size", "1", "--checkpoint-seconds", "0"
+        )
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
@@ -271,20 +238,7 @@ def test_leaderboard_policy_recomputes_from_the_matrices(
 ):
     from ovrsisbench.metrics import compute_scores
 
-    assert (
-        cli(
-            "run",
-            "--model",
-            "toy_adapters:ColourAdapter",
-            "--protocol",
-            "demo",
-            "--data-root",
-            synthetic_root,
-            "--results",
-            tmp_path,
-        ).code
-        == 0
-    )
+    assert cli(*toy_run("ColourAdapter", synthetic_root, tmp_path)).code == 0
     board = cli(
         "leaderboard",
         "--protocol",
