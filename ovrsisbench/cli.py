@@ -205,7 +205,9 @@ def print_outcomes(outcomes: list[Any], protocol: str, model: str) -> None:
     console.print(table)
     for outcome in outcomes:
         if outcome.status == "failed":
-            err_console.print(f"error: {outcome.dataset}: {outcome.error}", markup=False)
+            err_console.print(
+                f"error: {outcome.dataset}: {outcome.error}", markup=False, soft_wrap=True
+            )
 
 
 def update_leaderboards(results_dir: Path, protocol: Any) -> None:
@@ -383,5 +385,5 @@ def main() -> None:
     try:
         app()
     except UserError as error:
-        err_console.print(f"error: {error}", markup=False, highlight=False)
+        err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

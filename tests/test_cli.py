@@ -263,3 +263,9 @@ def test_leaderboard_policy_recomputes_from_the_matrices(
     assert_user_error(
         cli("leaderboard", "--protocol", "demo", "--policy", "pangaea"), "unknown policy"
     )
+
+
+def test_long_errors_stay_on_one_line_in_a_narrow_terminal(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    result = cli("run", "--model", "a_rather_long_module_name_that_does_not_exist:SomeClass")
+    assert_user_error(result, "a_rather_long_module_name_that_does_not_exist")
