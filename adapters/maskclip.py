@@ -117,12 +117,20 @@ class MaskCLIPAdapter(Adapter):
             if self.options[key] not in allowed:
                 known = ", ".join(str(value) for value in allowed)
                 raise UserError(f"maskclip option {key}={self.options[key]!r} (choose: {known})")
-        for key in ("window", "stride", "long_side"):
+        for key in ("window", "stride", "long_side", "seed"):
             value = self.options[key]
             if key == "long_side" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"maskclip option {key} must be a positive integer, got {value!r}")
+            lowest = 0 if key == "seed" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise UserError(
+                    f"maskclip option {key} must be an integer >= {lowest}, got {value!r}"
+                )
+        if self.options["stride"] > self.options["window"]:
+            raise UserError(
+                f"maskclip option stride={self.options['stride']} exceeds window="
+                f"{self.options['window']}: windows would leave pixels unscored"
+            )
         self.network: MaskCLIP | None = None
         self.classes: list[list[str]] | None = None
         self._sha256: str | None = None

@@ -46,7 +46,7 @@ class Adapter:
             raise UserError(
                 f"adapter '{self.name}' has no option {', '.join(unknown)} (known: {known})"
             )
-        self.options: dict[str, Any] = {**self.default_options, **options}
+        self.options: dict[str, Any] = _json_values(self.name, {**self.default_options, **options})
 
     # -- the evaluation contract -------------------------------------------------------------
     def load(self, weights: Path | None, device: torch.device | str) -> None:
@@ -77,6 +77,17 @@ class Adapter:
     def describe(self) -> dict[str, Any]:
         """Inference protocol facts recorded with every result (resize, windows, templates...)."""
         return {}
+
+
+def _json_values(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options as they will read back from a result record (tuples become lists)."""
+    try:
+        return json.loads(json.dumps(options, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise UserError(
+            f"adapter '{name}' options must be JSON values (text, numbers, true/false, null, "
+            f"lists): {error}"
+        ) from None
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -126,8 +137,10 @@ def _import_spec(spec: str) -> type[Adapter]:
         raise UserError(f"adapter '{spec}' must look like package.module:ClassName")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UserError(f"cannot import adapter module '{module_name}': {error}") from error
+    except Exception as error:  # ImportError, or any error raised by the module's own code
+        raise UserError(
+            f"cannot import adapter module '{module_name}': {type(error).__name__}: {error}"
+        ) from error
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -135,24 +148,31 @@ def _import_spec(spec: str) -> type[Adapter]:
     return _check_adapter_class(obj, f"'{spec}'")
 
 
-def list_adapters() -> list[AdapterEntry]:
-    """All adapters discoverable without a module:Class string: built-ins, then entry points."""
+def _load_entry_point(point: metadata.EntryPoint) -> AdapterEntry:
+    dist = point.dist.name if point.dist else "unknown distribution"
+    where = f"entry point '{point.name}' ({point.value})"
+    try:
+        loaded = point.load()
+    except Exception as error:
+        raise UserError(f"cannot load {where}: {type(error).__name__}: {error}") from error
+    return AdapterEntry(point.name, f"entry point ({dist})", _check_adapter_class(loaded, where))
+
+
+def list_adapters() -> tuple[list[AdapterEntry], list[str]]:
+    """Adapters found without a module:Class string (built-ins, then entry points), and a
+    message for every entry point that could not be loaded (a broken plug-in hides no other)."""
     entries = [AdapterEntry(n, "built-in", c) for n, c in sorted(_builtin_adapters().items())]
+    problems = []
     seen = {entry.name for entry in entries}
     for point in sorted(_entry_points(), key=lambda p: p.name):
         if point.name in seen:
             continue
-        dist = point.dist.name if point.dist else "unknown distribution"
-        where = f"entry point '{point.name}' ({point.value})"
         try:
-            cls = _check_adapter_class(point.load(), where)
-        except UserError:
-            raise
-        except Exception as error:  # a broken plug-in must not hide the others' names
-            raise UserError(f"cannot load {where}: {error}") from error
-        entries.append(AdapterEntry(point.name, f"entry point ({dist})", cls))
+            entries.append(_load_entry_point(point))
+        except UserError as error:
+            problems.append(str(error))
         seen.add(point.name)
-    return entries
+    return entries, problems
 
 
 def find_adapter(name: str) -> AdapterEntry:
@@ -165,17 +185,22 @@ def find_adapter(name: str) -> AdapterEntry:
         return AdapterEntry(name, "built-in", builtins[name])
     for point in _entry_points():
         if point.name == name:
-            cls = _check_adapter_class(point.load(), f"entry point '{name}' ({point.value})")
-            dist = point.dist.name if point.dist else "unknown distribution"
-            return AdapterEntry(name, f"entry point ({dist})", cls)
-    known = ", ".join(entry.name for entry in list_adapters())
+            return _load_entry_point(point)
+    known = ", ".join(entry.name for entry in list_adapters()[0])
     raise UserError(f"unknown model '{name}' (known: {known}; or give package.module:ClassName)")
 
 
 def create_adapter(name: str, **options: Any) -> Adapter:
     """Instantiate the adapter named ``name`` with ``options``."""
     entry = find_adapter(name)
-    adapter = entry.cls(**options)
+    try:
+        adapter = entry.cls(**options)
+    except UserError:
+        raise
+    except Exception as error:  # a third-party constructor's own failure
+        raise UserError(
+            f"adapter '{name}' could not be created: {type(error).__name__}: {error}"
+        ) from error
     if not adapter.name:
         adapter.name = entry.name
     return adapter

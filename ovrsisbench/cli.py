@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 import torch
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from ovrsisbench.adapter import Adapter, create_adapter, find_adapter, list_adapters
 from ovrsisbench.display import RichProgress, make_progress
 from ovrsisbench.errors import UserError
+from ovrsisbench.leaderboard import format_cell
 
 app = typer.Typer(
     help="Benchmark harness for open-vocabulary remote-sensing image segmentation (OVRSISBench).",
@@ -57,24 +57,33 @@ ResultsDir = Annotated[
 ]
 OptionList = Annotated[
     list[str] | None,
-    typer.Option("--option", "-o", help="Adapter option KEY=VALUE (repeatable), e.g. -o arch=tiny"),
+    typer.Option(
+        "--option",
+        "-o",
+        help="Adapter option KEY=VALUE (repeatable; JSON values), e.g. -o arch=tiny",
+    ),
 ]
 Backbone = Annotated[
     str | None, typer.Option(help="Backbone size passed to the adapter: vit-b or vit-l")
 ]
 
 
+def parse_value(text: str) -> Any:
+    """An option value: JSON scalars and lists (1, 2.5, true, null, [1, 2]), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_options(pairs: list[str] | None, backbone: str | None = None) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to adapter options; values parsed as YAML scalars (1, true, null)."""
+    """``KEY=VALUE`` strings to adapter options (values through ``parse_value``)."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"option '{pair}' must look like KEY=VALUE")
-        try:
-            options[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            options[key] = value
+        options[key] = parse_value(value)
     if backbone is not None:
         options["backbone"] = backbone
     return options
@@ -95,7 +104,15 @@ def load_weights(adapter: Adapter, weights: Path | None, device: torch.device) -
     """Load ``adapter`` onto ``device``; a missing weights file is a user error."""
     if weights is not None and not weights.is_file():
         raise UserError(f"weights file {weights} does not exist")
-    adapter.load(weights, device)
+    try:
+        adapter.load(weights, device)
+    except UserError:
+        raise
+    except Exception as error:  # corrupt weights, a plug-in's bug: the cause, in one line
+        source = f" from {weights}" if weights else ""
+        raise UserError(
+            f"adapter '{adapter.name}' failed to load{source}: {type(error).__name__}: {error}"
+        ) from error
     return adapter
 
 
@@ -198,7 +215,7 @@ def print_outcomes(outcomes: list[Any], protocol: str, model: str) -> None:
         table.add_row(
             outcome.dataset,
             outcome.status,
-            *(f"{metrics[m]:.2f}" for m in ("mIoU", "fwIoU", "mACC", "pACC")),
+            *(format_cell(metrics[m]) for m in ("mIoU", "fwIoU", "mACC", "pACC")),
             str(outcome.record["num_images"]),
             str(outcome.path),
         )
@@ -279,7 +296,8 @@ def adapters_list() -> None:
     table = Table(title="adapters")
     for column in ("name", "origin", "trainable", "description"):
         table.add_column(column)
-    for entry in list_adapters():
+    entries, problems = list_adapters()
+    for entry in entries:
         summary = (entry.cls.__doc__ or "").strip().splitlines()
         table.add_row(
             entry.name,
@@ -288,6 +306,8 @@ def adapters_list() -> None:
             summary[0] if summary else "",
         )
     console.print(table)
+    for problem in problems:
+        err_console.print(f"warning: {problem}", markup=False, soft_wrap=True)
 
 
 @adapters_app.command("validate")
@@ -302,8 +322,13 @@ def adapters_validate(
     from ovrsisbench.validate import validate_adapter
 
     torch_device = resolve_device(device)
-    adapter = create_adapter(name, **parse_options(option, backbone))
-    load_weights(adapter, weights, torch_device)
+    try:
+        adapter = create_adapter(name, **parse_options(option, backbone))
+        load_weights(adapter, weights, torch_device)
+    except UserError as error:
+        console.print(f"[red]FAIL[/red] create and load: {error}", soft_wrap=True)
+        err_console.print(f"error: adapter '{name}' cannot be created and loaded")
+        raise typer.Exit(1) from None
     checks = validate_adapter(adapter, torch_device)
     for check in checks:
         mark = "[green]ok[/green]  " if check.problem is None else "[red]FAIL[/red]"
@@ -380,10 +405,33 @@ def demo(
         raise typer.Exit(1)
 
 
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        _fail("aborted", 1)
     except UserError as error:
-        err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(error))
+    except OSError as error:  # e.g. --out naming an unwritable place
+        _fail(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))
+    except Exception as error:
+        _command_line_error(error)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_line_error(error: Exception) -> None:
+    """Exit with one line for a parsing error of typer's click (vendored or not); else return."""
+    if type(error).__name__ == "NoArgsIsHelpError":
+        error.show()  # a bare command group: show its help
+        sys.exit(error.exit_code)
+    if callable(getattr(error, "format_message", None)) and hasattr(error, "exit_code"):
+        ctx = getattr(error, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(error.format_message() + hint, error.exit_code)

@@ -38,7 +38,7 @@ def run_demo(out: Path | None, console: Console) -> bool:
     torch.manual_seed(0)
     failed = False
     with make_progress() as progress:
-        for entry in list_adapters():
+        for entry in list_adapters()[0]:
             if entry.origin != "built-in" or entry.cls.demo_options is None:
                 continue
             adapter = create_adapter(entry.name, **entry.cls.demo_options)

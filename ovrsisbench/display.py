@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from ovrsisbench.leaderboard import format_cell
 
 
 def make_progress(console: Console | None = None) -> Progress:
@@ -43,11 +44,5 @@ def frame_table(frame: pd.DataFrame, title: str) -> Table:
     for column in frame.columns:
         table.add_column(str(column), overflow="fold")
     for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(value) for value in row))
+        table.add_row(*(format_cell(value) for value in row))
     return table
-
-
-def _cell(value: object) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.2f}" if isinstance(value, float) else str(value)

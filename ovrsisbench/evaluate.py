@@ -23,6 +23,7 @@ from ovrsisbench.adapter import Adapter, file_sha256, json_sha256
 from ovrsisbench.data.layout import open_dataset
 from ovrsisbench.data.loader import SegmentationDataset, read_ahead
 from ovrsisbench.environment import describe_environment, device_name
+from ovrsisbench.errors import DataError
 from ovrsisbench.metrics import DEFAULT_POLICY, ConfusionMatrix, compute_scores
 from ovrsisbench.params import count_parameters
 from ovrsisbench.protocol import EvalEntry, Protocol
@@ -100,6 +101,7 @@ class Evaluator:
             try:
                 existing = self.store.find(key)
                 if existing is not None:
+                    self.store.discard_partial(key)  # left over if a run died after saving
                     outcomes.append(
                         Outcome(entry.dataset, "skipped", existing, self.store.path_for(key))
                     )
@@ -116,14 +118,21 @@ class Evaluator:
         self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None
     ) -> dict[str, Any]:
         dataset = open_dataset(self.data_root, entry.dataset)
+        meta_path = dataset.directory / "meta.json"
         vocabulary = entry.vocabulary
-        vocabulary.check_dataset(dataset.meta.classes, str(dataset.directory / "meta.json"))
+        vocabulary.check_dataset(dataset.meta.classes, str(meta_path))
         stems = dataset.stems(entry.split)
-        stems_sha = json_sha256(stems)
+        stated = dataset.meta.splits.get(entry.split)
+        if stated is not None and stated != len(stems):
+            raise DataError(
+                f"{meta_path}: says split '{entry.split}' has {stated} images, found {len(stems)}"
+            )
+        # a checkpoint is valid only for the very same files list and meta.json
+        data_sha = json_sha256({"meta": file_sha256(meta_path), "stems": stems})
         num_classes = len(vocabulary.classes)
         confusion = ConfusionMatrix(num_classes)
         state = self.store.load_partial(key)
-        if state is not None and state.get("stems_sha256") == stems_sha:
+        if state is not None and state.get("data_sha256") == data_sha:
             confusion.load(state["confusion"])
             done, seconds = state["num_images"], state["predict_seconds"]
         else:
@@ -142,26 +151,36 @@ class Evaluator:
                 {
                     "num_images": done,
                     "predict_seconds": seconds,
-                    "stems_sha256": stems_sha,
+                    "data_sha256": data_sha,
                     "confusion": confusion.matrix.tolist(),
                 },
             )
 
+        consistent = True  # False while a batch's counts are being added
         try:
             for images, labels in _batches(loader, self.settings.batch_size):
-                seconds += self._predict_into(confusion, images, labels, num_classes)
-                done += len(images)
+                counts, elapsed = self._predict(images, labels, num_classes)
+                consistent = False
+                confusion.merge(counts)
+                done, seconds = done + len(images), seconds + elapsed
+                consistent = True
                 if progress is not None:
                     progress.advance(len(images))
                 if time.monotonic() - last_checkpoint >= self.settings.checkpoint_seconds:
                     checkpoint()
                     last_checkpoint = time.monotonic()
         except KeyboardInterrupt:
-            checkpoint()
+            if consistent:  # otherwise the last periodic checkpoint stands
+                checkpoint()
             raise
         if done == 0:
             raise ValueError(f"split '{entry.split}' of {entry.dataset} has no images")
-        return self._record(entry, key, confusion, done, seconds)
+        provenance = {
+            "meta_sha256": file_sha256(meta_path),
+            "converter_version": dataset.meta.converter_version,
+            "source": dataset.meta.source,
+        }
+        return self._record(entry, key, confusion, done, seconds, provenance)
 
     @contextmanager
     def _harness_threads(self) -> Iterator[None]:
@@ -178,13 +197,10 @@ class Evaluator:
         finally:
             torch.set_num_threads(previous)
 
-    def _predict_into(
-        self,
-        confusion: ConfusionMatrix,
-        images: list[torch.Tensor],
-        labels: list[torch.Tensor],
-        num_classes: int,
-    ) -> float:
+    def _predict(
+        self, images: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int
+    ) -> tuple[ConfusionMatrix, float]:
+        """Counts of one batch and the seconds its prediction took."""
         device = self.settings.device
         with self._harness_threads():
             batch = torch.empty((len(images), *images[0].shape), dtype=torch.float32)
@@ -198,17 +214,24 @@ class Evaluator:
                 torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         expected = (batch.shape[0], num_classes, *batch.shape[2:])
-        if tuple(scores.shape) != expected:
+        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
+            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
             raise ValueError(
-                f"adapter '{self.model_name}' returned scores of shape "
-                f"{tuple(scores.shape)}, expected {expected}"
+                f"adapter '{self.model_name}' returned scores of shape {shape}, expected {expected}"
             )
+        if not scores.is_floating_point():
+            raise ValueError(f"adapter '{self.model_name}' returned {scores.dtype} scores")
+        counts = ConfusionMatrix(num_classes)
         with self._harness_threads():
-            # max(dim).indices = argmax with ties to the first index, several times faster on CPU
-            pred = scores.max(dim=1).indices.to(torch.uint8)
+            # max(dim).indices = argmax with ties to the first index, several times faster on
+            # CPU; max propagates NaN, so checking the maxima finds every NaN that would vote
+            best = scores.max(dim=1)
+            if not torch.isfinite(best.values).all():
+                raise ValueError(f"adapter '{self.model_name}' returned NaN or infinite scores")
+            pred = best.indices.to(torch.uint8)
             for image_pred, label in zip(pred, labels, strict=True):
-                confusion.update(image_pred, label.to(pred.device))
-        return elapsed
+                counts.update(image_pred, label.to(pred.device))
+        return counts, elapsed
 
     def _record(
         self,
@@ -217,6 +240,7 @@ class Evaluator:
         confusion: ConfusionMatrix,
         num_images: int,
         seconds: float,
+        provenance: dict[str, Any],
     ) -> dict[str, Any]:
         matrix = confusion.matrix
         scores = compute_scores(matrix, self.settings.policy)
@@ -251,7 +275,7 @@ class Evaluator:
                 "inference": self.adapter.describe(),
             },
             "params": params,
-            "environment": describe_environment(),
+            "environment": {**describe_environment(), "data": provenance},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 

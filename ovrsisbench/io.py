@@ -34,7 +34,10 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        try:
+            os.replace(tmp_name, path)
+        except OSError as error:  # name the target, not the hidden temp file
+            raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -8,6 +8,7 @@ mIoU. Every number of ours is read from a record file, so it can be traced and r
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -138,13 +139,19 @@ def leaderboard_frame(
     return frame.reset_index(drop=True)
 
 
+def format_cell(value: object) -> str:
+    """A table cell: floats with 2 decimals, missing values (None, NaN, NA) empty."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def render(frame: pd.DataFrame, fmt: str) -> str:
-    """CSV (full precision) or Markdown (2 decimals; empty cells for missing values)."""
+    """CSV (full precision, empty = missing) or Markdown (2 decimals, empty = missing)."""
     if fmt == "csv":
         return frame.to_csv(index=False)
-    return tabulate(
-        frame.fillna(""), headers="keys", tablefmt="github", showindex=False, floatfmt=".2f"
-    )
+    cells = [[format_cell(value) for value in row] for row in frame.itertuples(index=False)]
+    return tabulate(cells, headers=list(frame.columns), tablefmt="github", disable_numparse=True)
 
 
 def build(

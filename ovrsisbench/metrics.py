@@ -15,14 +15,15 @@ Absent-class policies (see ``shared/spec/metrics.md``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ovrsisbench.data.native import IGNORE_INDEX
 from ovrsisbench.errors import UserError
 
-IGNORE_INDEX = 255
 POLICIES = ("exclude-absent", "mmseg")
 DEFAULT_POLICY = "exclude-absent"
 
@@ -145,9 +146,10 @@ class Scores:
     acc: list[float | None]
     policy: str
 
-    def summary(self) -> dict[str, float]:
-        """The four headline metrics under their result-record keys."""
-        return {"mIoU": self.miou, "fwIoU": self.fwiou, "mACC": self.macc, "pACC": self.pacc}
+    def summary(self) -> dict[str, float | None]:
+        """The four headline metrics under their result-record keys (None when undefined)."""
+        values = {"mIoU": self.miou, "fwIoU": self.fwiou, "mACC": self.macc, "pACC": self.pacc}
+        return {key: None if math.isnan(value) else value for key, value in values.items()}
 
 
 def compute_scores(confusion: np.ndarray, policy: str = DEFAULT_POLICY) -> Scores:

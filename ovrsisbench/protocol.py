@@ -17,10 +17,9 @@ import numpy as np
 import yaml
 
 from ovrsisbench.adapter import json_sha256
-from ovrsisbench.data.native import KNOWN_CLASSES
+from ovrsisbench.data.native import IGNORE_INDEX, KNOWN_CLASSES
 from ovrsisbench.errors import DataError, UserError
 
-IGNORE_INDEX = 255
 SPLITS = ("train", "val", "all")
 YAML_SUFFIXES = (".yaml", ".yml")
 _VOCAB_KEYS = ("dataset", "description", "native_classes", "classes")

@@ -103,9 +103,13 @@ class ResultStore:
         """Write ``record`` atomically and drop its checkpoint."""
         key = key_of_record(record)
         path = self.path_for(key)
-        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-        self.partial_path_for(key).unlink(missing_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
+        self.discard_partial(key)
         return path
+
+    def discard_partial(self, key: RecordKey) -> None:
+        """Remove the checkpoint of ``key`` (a finished record supersedes it)."""
+        self.partial_path_for(key).unlink(missing_ok=True)
 
     def load_partial(self, key: RecordKey) -> dict[str, Any] | None:
         """A checkpoint of an interrupted evaluation for ``key``, if one exists and matches."""

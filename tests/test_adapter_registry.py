@@ -27,7 +27,7 @@ def test_entry_point_adapter_is_found_and_listed(monkeypatch, toy_adapters):
     )
     entry = registry.find_adapter("colour")
     assert entry.origin.startswith("entry point") and entry.cls.__name__ == "ColourAdapter"
-    listed = {e.name: e.origin for e in registry.list_adapters()}
+    listed = {e.name: e.origin for e in registry.list_adapters()[0]}
     assert listed["maskclip"] == "built-in" and listed["colour"].startswith("entry point")
 
 
@@ -35,6 +35,28 @@ def test_entry_point_that_is_not_an_adapter_is_reported(monkeypatch, toy_adapter
     monkeypatch.setattr(registry, "_entry_points", fake_entry_points(("bad", "toy_adapters:time")))
     with pytest.raises(UserError, match="not a subclass of ovrsisbench.adapter.Adapter"):
         registry.find_adapter("bad")
+
+
+def test_a_broken_plugin_hides_no_other_adapter(monkeypatch, toy_adapters):
+    monkeypatch.setattr(
+        registry,
+        "_entry_points",
+        fake_entry_points(("broken", "no_such_module:X"), ("colour", "toy_adapters:ColourAdapter")),
+    )
+    entries, problems = registry.list_adapters()
+    assert {e.name for e in entries} == {"maskclip", "colour"}
+    assert len(problems) == 1 and "cannot load entry point 'broken'" in problems[0]
+    with pytest.raises(UserError, match="cannot load entry point 'broken'"):
+        registry.find_adapter("broken")
+
+
+def test_options_are_stored_as_they_read_back_from_json(toy_adapters):
+    adapter = registry.create_adapter("toy_adapters:ColourAdapter", gain=(1, 2))
+    assert adapter.options == {"gain": [1, 2]}
+    with pytest.raises(UserError, match="must be JSON values"):
+        registry.create_adapter("toy_adapters:ColourAdapter", gain=object())
+    with pytest.raises(UserError, match="must be JSON values"):
+        registry.create_adapter("toy_adapters:ColourAdapter", gain=float("nan"))
 
 
 def test_module_class_strings(toy_adapters):

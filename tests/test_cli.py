@@ -269,3 +269,34 @@ def test_long_errors_stay_on_one_line_in_a_narrow_terminal(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "40")
     result = cli("run", "--model", "a_rather_long_module_name_that_does_not_exist:SomeClass")
     assert_user_error(result, "a_rather_long_module_name_that_does_not_exist")
+
+
+def test_partial_run_still_writes_the_leaderboard(cli, tmp_path, synthetic_root, toy_adapters):
+    result = cli(
+        *toy_run("ColourAdapter", synthetic_root, tmp_path, "--datasets", "synthetic-source")
+    )
+    assert result.code == 0, result.err
+    assert "toy_adapters:ColourAdapter" in (tmp_path / "leaderboard.md").read_text()
+    assert (
+        cli("leaderboard", "--protocol", "dlrsd", "--with-reference", "--results", tmp_path).code
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [("UnloadableAdapter", "NotImplementedError"), ("PickyAdapter", "needs a config file")],
+)
+def test_adapters_that_cannot_load_are_named_not_tracebacks(
+    cli, tmp_path, synthetic_root, toy_adapters, adapter, message
+):
+    validated = cli("adapters", "validate", f"toy_adapters:{adapter}")
+    assert validated.code == 1 and message in validated.out and "Traceback" not in validated.err
+    assert_user_error(cli(*toy_run(adapter, synthetic_root, tmp_path)), message)
+
+
+def test_corrupt_weights_are_a_one_line_error(cli, tmp_path):
+    weights = tmp_path / "broken.pt"
+    weights.write_bytes(b"not a checkpoint")
+    result = cli("adapters", "validate", "maskclip", "-o", "arch=tiny", "--weights", weights)
+    assert result.code == 1 and "broken.pt" in result.out

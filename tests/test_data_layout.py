@@ -490,3 +490,16 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_dataset_in_another_datasets_folder_is_refused(tmp_path):
+    import shutil
+
+    from ovrsisbench.data.converters.synthetic import generate_synthetic_benchmark
+    from ovrsisbench.data.layout import open_dataset
+    from ovrsisbench.errors import DataError
+
+    generate_synthetic_benchmark(tmp_path)
+    shutil.copytree(tmp_path / "synthetic-source", tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="names dataset 'synthetic-source'.*folder of 'elsewhere'"):
+        open_dataset(tmp_path, "elsewhere")

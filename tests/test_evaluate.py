@@ -184,3 +184,70 @@ def test_vocabulary_must_match_the_prepared_classes(synthetic_root, tmp_path, to
     evaluator = make_evaluator(f"{toy_adapters}:ColourAdapter", root, tmp_path / "results")
     outcomes = evaluator.run(list(evaluator.protocol.evaluation))
     assert outcomes[1].status == "failed" and str(meta_path) in outcomes[1].error
+
+
+def test_interrupt_inside_a_batch_never_double_counts(
+    synthetic_root, tmp_path, toy_adapters, monkeypatch
+):
+    from ovrsisbench.metrics import ConfusionMatrix
+
+    model = f"{toy_adapters}:ColourAdapter"
+    entries = list(load_protocol("demo").evaluation)
+    reference = make_evaluator(model, synthetic_root, tmp_path / "whole").run(entries)
+
+    original, calls = ConfusionMatrix.update, {"n": 0}
+
+    def update_then_interrupt(self, pred, label):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 2nd image of the 3rd batch (sizes 64,64 | 80 | 64,64 | 80)
+            raise KeyboardInterrupt
+        original(self, pred, label)
+
+    monkeypatch.setattr(ConfusionMatrix, "update", update_then_interrupt)
+    cut = make_evaluator(model, synthetic_root, tmp_path / "cut", checkpoint_seconds=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        cut.run(entries)
+    monkeypatch.setattr(ConfusionMatrix, "update", original)
+    resumed = make_evaluator(model, synthetic_root, tmp_path / "cut").run(entries)
+    assert [o.record["confusion"] for o in resumed] == [o.record["confusion"] for o in reference]
+
+
+def test_nan_and_integer_scores_fail_the_dataset(synthetic_root, tmp_path, toy_adapters):
+    evaluator = make_evaluator(f"{toy_adapters}:NaNAdapter", synthetic_root, tmp_path)
+    outcomes = evaluator.run(list(evaluator.protocol.evaluation))
+    assert all(o.status == "failed" and "NaN or infinite" in o.error for o in outcomes)
+
+
+def test_split_count_must_match_meta(synthetic_root, tmp_path, toy_adapters):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    dataset = open_dataset(root, "synthetic-target")
+    dataset.label_path(dataset.stems("all")[0]).unlink()
+    evaluator = make_evaluator(f"{toy_adapters}:ColourAdapter", root, tmp_path / "results")
+    outcome = evaluator.run(list(evaluator.protocol.evaluation))[1]
+    assert (
+        outcome.status == "failed" and "says split 'all' has 24 images, found 23" in outcome.error
+    )
+
+
+def test_a_changed_dataset_invalidates_the_checkpoint(synthetic_root, tmp_path, toy_adapters):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    model = f"{toy_adapters}:ColourAdapter"
+    entries = list(load_protocol("demo").evaluation)
+    cut = make_evaluator(model, root, tmp_path / "cut", batch_size=2, checkpoint_seconds=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        cut.run(entries, StopAfter(3))
+    meta_path = root / "synthetic-source" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["created"] = "2030-01-01T00:00:00+00:00"  # re-prepared: same names, maybe new pixels
+    meta_path.write_text(json.dumps(meta))
+
+    class Recorder(StopAfter):
+        def start(self, dataset, total, done):
+            self.starts.append(done)
+
+    recorder = Recorder(10**9)
+    recorder.starts = []
+    make_evaluator(model, root, tmp_path / "cut").run(entries, recorder)
+    assert recorder.starts == [0, 0]  # started over instead of merging stale counts

@@ -64,7 +64,20 @@ def test_render_and_write(synthetic_root, tmp_path, toy_adapters):
     csv_text = render(frame, "csv")
     assert csv_text.splitlines()[0].startswith("rank,model,config,kind,synthetic-source mIoU")
     markdown = render(frame, "md")
-    assert markdown.startswith("|   rank | model") and "toy_adapters:ColourAdapter" in markdown
+    assert markdown.startswith("| rank") and "toy_adapters:ColourAdapter" in markdown
     csv_path, md_path = write_leaderboards(tmp_path, [load_protocol("demo")])
     assert "toy_adapters:ColourAdapter" in csv_path.read_text()
     assert "Protocol `demo`" in md_path.read_text()
+
+
+def test_markdown_renders_rows_without_mean_or_rank(synthetic_root, tmp_path, toy_adapters):
+    run_toy(toy_adapters, synthetic_root, tmp_path, datasets=["synthetic-source"])
+    markdown = render(build(load_protocol("demo"), tmp_path), "md")
+    assert "toy_adapters:ColourAdapter" in markdown and "nan" not in markdown.lower()
+    published = render(build(load_protocol("dlrsd"), tmp_path, with_reference=True), "md")
+    rskt_b = next(
+        line
+        for line in published.splitlines()
+        if line.split("|")[2].strip() == "RSKT-Seg" and "backbone=ViT-B" in line
+    )
+    assert "| 90.60 " in rskt_b and "nan" not in rskt_b.lower()

@@ -213,7 +213,15 @@ def test_numerics_option_sets_the_image_tower_activation():
 
 @pytest.mark.parametrize(
     "options",
-    [{"backbone": "vit-h"}, {"inference": "tiles"}, {"window": 0}, {"long_side": "448"}],
+    [
+        {"backbone": "vit-h"},
+        {"inference": "tiles"},
+        {"window": 0},
+        {"long_side": "448"},
+        {"seed": "abc"},
+        {"seed": 1.5},
+        {"window": 224, "stride": 300},
+    ],
 )
 def test_bad_options_are_user_errors(options):
     with pytest.raises(UserError, match="maskclip option"):

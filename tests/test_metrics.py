@@ -172,3 +172,22 @@ def test_cuda_tensors_count_exactly():
     cm = ConfusionMatrix(9)
     cm.update(torch.from_numpy(pred).cuda(), torch.from_numpy(gt).cuda())
     np.testing.assert_array_equal(cm.matrix, brute_force(pred, gt, 9))
+
+
+def test_images_larger_than_one_chunk_count_exactly():
+    from ovrsisbench.metrics import _CHUNK
+
+    rng = np.random.default_rng(3)
+    size = 2 * _CHUNK + 12345  # several chunks and a ragged tail
+    gt = rng.integers(0, 12, size).astype(np.uint8)
+    gt[rng.random(size) < 0.1] = 255
+    pred = rng.integers(0, 12, size)
+    cm = ConfusionMatrix(12)
+    cm.update(pred, gt)
+    valid = gt != 255
+    expected = np.bincount(gt[valid].astype(np.int64) * 12 + pred[valid], minlength=144)
+    np.testing.assert_array_equal(cm.matrix, expected.reshape(12, 12))
+    bad = pred.copy()
+    bad[-1] = 12  # out of range in the last chunk only
+    with pytest.raises(ValueError, match="predictions must lie in 0..11"):
+        ConfusionMatrix(12).update(bad, gt)

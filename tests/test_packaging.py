@@ -4,6 +4,7 @@ the ovrsisbench namespace, never as bare top-level packages."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,24 +15,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def project_files() -> list[str]:
+    """Files git tracks or would track (not ignored), relative to the repository root."""
+    listing = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "--cached", "--others", "--exclude-standard"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return [name for name in listing.stdout.splitlines() if (ROOT / name).is_file()]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
     pytest.importorskip("build")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(out),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # build from a copy of the project's files: build/ or data left in the checkout must not leak
+    source = tmp_path_factory.mktemp("source") / "ovrsisbench"
+    for relative in project_files():
+        (source / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / relative, source / relative)
+    out = tmp_path_factory.mktemp("wheel")
+    command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)]
+    subprocess.run([*command, str(source)], check=True, capture_output=True)
     return next(out.glob("ovrsisbench-*.whl"))
 
 

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ovrsisbench.data.native import IGNORE_INDEX
 from ovrsisbench.errors import DataError, UserError
 from ovrsisbench.io import atomic_copy, atomic_write_text, atomic_writer
 
 META_FILE = "meta.json"
-IGNORE_INDEX = 255
 ALL_SPLIT = "all"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -411,7 +411,13 @@ def open_dataset(data_root: Path, name: str) -> PreparedDataset:
             f"dataset '{name}' is not prepared under {data_root} "
             f"(run: ovrsisbench prepare {name} --src ...)"
         )
-    return PreparedDataset(directory)
+    dataset = PreparedDataset(directory)
+    if dataset.meta.name != name:  # e.g. Vaihingen copied into potsdam/: same classes
+        raise DataError(
+            f"{directory / META_FILE}: names dataset '{dataset.meta.name}', "
+            f"but it lies in the folder of '{name}'"
+        )
+    return dataset
 
 
 def list_datasets(data_root: Path) -> list[PreparedDataset]:

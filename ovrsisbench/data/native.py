@@ -9,6 +9,9 @@ DATASETS = ("dlrsd", "isaid", "potsdam", "vaihingen", "uavid", "udd5", "loveda",
 
 _ISPRS = ("impervious surfaces", "building", "low vegetation", "tree", "car", "clutter")
 
+IGNORE_INDEX = 255
+"""Label value of unlabelled pixels in every prepared dataset (and after every lookup)."""
+
 NATIVE_CLASSES: dict[str, tuple[str, ...]] = {
     # raw values 1..17 minus one, V1 order
     "dlrsd": (

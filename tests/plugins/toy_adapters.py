@@ -94,3 +94,18 @@ class SlowAdapter(ColourAdapter):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         time.sleep(0.15)
         return super().predict(images)
+
+
+class UnloadableAdapter(Adapter):
+    """Breaks the contract: implements nothing."""
+
+    name = "unloadable"
+
+
+class PickyAdapter(ColourAdapter):
+    """Its constructor fails the way a third-party bug would."""
+
+    name = "picky"
+
+    def __init__(self, **options):
+        raise TypeError("needs a config file")
