@@ -103,33 +103,13 @@ def test_run_exit_code_says_something_failed(cli, tmp_path, synthetic_root, toy_
 
 
 def test_leaderboard_with_reference_marks_published_rows(cli, tmp_path):
-    result = cli(
-        "leaderboard",
-        "--protocol",
-        "isaid",
-        "--with-reference",
-        "--results",
-        tmp_path,
-        "--format",
-        "csv",
-    )
+    board = ["leaderboard", "--protocol", "isaid", "--with-reference", "--results", tmp_path]
+    result = cli(*board, "--format", "csv")
     assert result.code == 0
     lines = result.out.strip().splitlines()
     assert len(lines) == 15 and all('"published (' in line for line in lines[1:])
     out = tmp_path / "board.md"
-    assert (
-        cli(
-            "leaderboard",
-            "--protocol",
-            "isaid",
-            "--with-reference",
-            "--results",
-            tmp_path,
-            "--out",
-            out,
-        ).code
-        == 0
-    )
+    assert cli(*board, "--out", out).code == 0
     assert "published" in out.read_text()
 
 
