@@ -128,7 +128,8 @@ class Evaluator:
                 f"{meta_path}: says split '{entry.split}' has {stated} images, found {len(stems)}"
             )
         # a checkpoint is valid only for the very same files list and meta.json
-        data_sha = json_sha256({"meta": file_sha256(meta_path), "stems": stems})
+        meta_sha = file_sha256(meta_path)
+        data_sha = json_sha256({"meta": meta_sha, "stems": stems})
         num_classes = len(vocabulary.classes)
         confusion = ConfusionMatrix(num_classes)
         state = self.store.load_partial(key)
@@ -176,7 +177,7 @@ class Evaluator:
         if done == 0:
             raise ValueError(f"split '{entry.split}' of {entry.dataset} has no images")
         provenance = {
-            "meta_sha256": file_sha256(meta_path),
+            "meta_sha256": meta_sha,
             "converter_version": dataset.meta.converter_version,
             "source": dataset.meta.source,
         }
