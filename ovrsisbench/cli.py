@@ -117,28 +117,104 @@ def load_weights(adapter: Adapter, weights: Path | None, device: torch.device) -
 
 
 # -- commands ---------------------------------------------------------------------------------
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @app.command()
 def prepare(
     dataset: Annotated[str, typer.Argument(help=f"One of: {DATASET_NAMES}, or all")],
-    src: Annotated[Path, typer.Option(help="Folder or archive downloaded from the source")],
+    src: Annotated[
+        Path,
+        typer.Option(
+            help="The download: a folder or an archive (for all: a folder with one subfolder "
+            "per dataset; with --source archive: the OVSISBench root or its archive)"
+        ),
+    ],
     data_root: DataRoot = None,
     source: Annotated[
         str, typer.Option(help="raw (official download) or archive (OVSISBench archive)")
     ] = "raw",
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes [default: number of CPU cores, at most 4]"),
+    ] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option(help="Tile size in px; 0 = whole images [default: per dataset, see README]"),
+    ] = None,
+    stride: Annotated[
+        int | None, typer.Option(help="Tile stride in px [default: the tile]")
+    ] = None,
+    edge: Annotated[
+        str | None,
+        typer.Option(help="Tiles at the border: drop, clamp or pad [default: per dataset]"),
+    ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad", help="Leave out unreadable or inconsistent inputs (listed in meta.json)"
+        ),
+    ] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="Converter option KEY=VALUE (repeatable), e.g. -o labels=eroded, -o tolerance=8",
+        ),
+    ] = None,
 ) -> None:
-    """Convert a downloaded dataset into the unified layout under the data root."""
-    from ovrsisbench.data.native import DATASETS
+    """Convert a downloaded dataset into the unified layout under the data root (resumable)."""
+    from ovrsisbench.data.prepare import PrepareSettings
+    from ovrsisbench.data.prepare import prepare as prepare_datasets
 
-    if dataset != "all" and dataset not in DATASETS:
-        raise UserError(f"unknown dataset '{dataset}' (known: {', '.join(DATASETS)}, all)")
-    if source not in ("raw", "archive"):
-        raise UserError(f"unknown --source '{source}' (use raw or archive)")
-    if not src.exists():
-        raise UserError(f"source path {src} does not exist")
-    raise UserError(
-        "dataset converters are not available yet in this version of ovrsisbench; "
-        "place data prepared in the unified layout (see README) under the data root by hand"
+    settings = PrepareSettings(
+        tile=tile,
+        stride=stride,
+        edge=edge,
+        options=parse_options(option),
+        workers=workers if workers is not None else default_workers(),
+        skip_bad=skip_bad,
     )
+    root = data_root or default_data_root()
+    progress = RichProgress(make_progress(), label="")
+    try:
+        outcomes = prepare_datasets(dataset, src, root, source, settings, progress)
+    finally:
+        progress.close()
+    failed = False
+    for outcome in outcomes:
+        if outcome.skipped:
+            err_console.print(f"{outcome.dataset}: skipped ({outcome.skipped})", highlight=False)
+        elif outcome.error:
+            failed = True
+            err_console.print(f"{outcome.dataset}: error: {outcome.error}", highlight=False)
+        else:
+            _print_prepared(outcome.report, root)
+    if failed:
+        raise typer.Exit(1)
+    if not any(outcome.report for outcome in outcomes):
+        raise UserError(f"nothing prepared: no dataset found in {src}")
+
+
+def _print_prepared(report: Any, root: Path) -> None:
+    meta = report.meta
+    splits = ", ".join(f"{k} {v:,}" for k, v in meta.splits.items() if k != "all")
+    verification = meta.extra.get("verification", {})
+    state = (
+        "up to date"
+        if report.up_to_date
+        else f"{report.converted:,} source image(s) converted, {report.resumed:,} resumed"
+    )
+    console.print(
+        f"{meta.name}: {meta.splits['all']:,} images ({splits or 'no splits'}) in "
+        f"{root / meta.name}; {state}; {verification.get('unmatched_pixels', 0):,} unmatched "
+        f"pixels; {len(verification.get('bad_inputs', [])):,} bad inputs skipped",
+        highlight=False,
+    )
+    for warning in report.warnings:
+        err_console.print(f"{meta.name}: warning: {warning}", highlight=False)
 
 
 @app.command()

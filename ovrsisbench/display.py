@@ -24,7 +24,11 @@ def make_progress(console: Console | None = None) -> Progress:
 
 
 class RichProgress:
-    """Progress sink for the evaluation engine: one rich bar per dataset."""
+    """Progress sink for the engines: one rich bar per dataset (or step).
+
+    The display starts with the first bar, so a command that fails before any work prints
+    nothing but its error; ``close()`` stops it if it was started.
+    """
 
     def __init__(self, progress: Progress, label: str) -> None:
         self.progress = progress
@@ -32,7 +36,13 @@ class RichProgress:
         self.task: Any = None
 
     def start(self, dataset: str, total: int, done: int) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
         self.task = self.progress.add_task(f"{self.label}{dataset}", total=total, completed=done)
+
+    def close(self) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
 
     def advance(self, count: int) -> None:
         self.progress.advance(self.task, count)

@@ -19,11 +19,12 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` atomically when the block exits cleanly.
 
     The parent folder is created if needed; on an exception the temp file is removed and
-    ``path`` is left untouched.
+    ``path`` is left untouched. ``durable=False`` skips the fsync: the rename still protects
+    against a killed process, not against a power cut (for bulk outputs that are re-verified).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +34,8 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         try:
             os.replace(tmp_name, path)
         except OSError as error:  # name the target, not the hidden temp file
@@ -54,7 +56,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_copy(src: Path, dst: Path) -> None:
+def atomic_copy(src: Path, dst: Path, durable: bool = True) -> None:
     """Copy the bytes of ``src`` to ``dst`` atomically, streaming (no whole-file read)."""
-    with open(src, "rb") as source, atomic_writer(dst) as handle:
+    with open(src, "rb") as source, atomic_writer(dst, durable) as handle:
         shutil.copyfileobj(source, handle)

@@ -68,7 +68,21 @@ def test_user_mistakes_are_one_line(cli, tmp_path, synthetic_root):
     )
     assert_user_error(cli("prepare", "mars", "--src", tmp_path), "unknown dataset 'mars'")
     assert_user_error(cli("prepare", "loveda", "--src", tmp_path / "nowhere"), "does not exist")
-    assert_user_error(cli("prepare", "loveda", "--src", tmp_path), "not available yet")
+    data = ["--data-root", tmp_path / "data"]
+    assert_user_error(cli("prepare", "loveda", "--src", tmp_path, *data), "no loveda image/label")
+    assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "--source", "x"), "unknown --source")
+    assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "--tile", "-1"), "--tile")
+    assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "--stride", "8"), "need a tile")
+    assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "--workers", "0"), "--workers")
+    assert_user_error(
+        cli("prepare", "vdd", "--src", tmp_path, "--tile", "8", "--edge", "wrap"), "edge mode"
+    )
+    assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "-o", "x=1"), "unknown option(s) x")
+    assert_user_error(
+        cli("prepare", "potsdam", "--src", tmp_path, "-o", "labels=blurry"), "labels='blurry'"
+    )
+    assert_user_error(cli("prepare", "all", "--src", tmp_path, "--tile", "8"), "one dataset")
+    assert not (tmp_path / "data").exists()
     assert_user_error(cli("leaderboard", "--format", "xls"), "unknown format")
     assert_user_error(cli("run", "--model", "maskclip", "--device", "tpu"), "unknown device")
     assert_user_error(cli("run", "--model", "maskclip", "-o", "arch"), "KEY=VALUE")

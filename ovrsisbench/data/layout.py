@@ -13,6 +13,7 @@ raises ``DataError`` whose one-line message starts with the file's path.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -220,8 +221,8 @@ def _open_raster(path: Path) -> Iterator[Any]:
 
 
 @contextmanager
-def _open_pil(path: Path, what: str) -> Iterator[Image.Image]:
-    """Open an image with PIL; decoding errors -> DataError naming ``path``."""
+def open_pil_image(path: Path, what: str) -> Iterator[Image.Image]:
+    """Open an image with PIL; decoding errors -> DataError naming ``path`` and ``what``."""
     try:
         with Image.open(path) as image:
             yield image
@@ -240,7 +241,7 @@ def _read_tiff_rgb(path: Path) -> np.ndarray:
 
 
 def _read_pil_rgb(path: Path) -> np.ndarray:
-    with _open_pil(path, "image") as image:
+    with open_pil_image(path, "image") as image:
         if image.mode not in _RGB_CONVERTIBLE_MODES:
             raise DataError(f"{path}: unsupported image mode {image.mode} (expected 8-bit)")
         return np.array(image.convert("RGB"))
@@ -258,7 +259,7 @@ def image_size(path: Path) -> tuple[int, int]:
     if _is_tiff(path):
         with _open_raster(path) as source:
             return source.height, source.width
-    with _open_pil(path, "image") as image:
+    with open_pil_image(path, "image") as image:
         return image.height, image.width
 
 
@@ -373,7 +374,7 @@ class PreparedDataset:
     def read_label(self, stem: str) -> np.ndarray:
         """The label of ``stem`` as an (H, W) uint8 array of native class ids or 255."""
         path = self.label_path(stem)
-        with _open_pil(path, "label") as image:
+        with open_pil_image(path, "label") as image:
             if image.mode not in _LABEL_MODES:
                 raise DataError(
                     f"{path}: label must be single-channel 8-bit (mode L or P), "
@@ -430,9 +431,25 @@ def list_datasets(data_root: Path) -> list[PreparedDataset]:
 # --- writing --------------------------------------------------------------------------------
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    with atomic_writer(path) as handle:
-        Image.fromarray(array).save(handle, format="PNG")
+def write_png(path: Path, array: np.ndarray, durable: bool = True) -> bytes:
+    """Write ``array`` (H, W) or (H, W, 3) uint8 as a lossless PNG atomically; return the bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    with atomic_writer(path, durable) as handle:
+        handle.write(data)
+    return data
+
+
+def write_label(path: Path, label: np.ndarray, durable: bool = True) -> None:
+    """Write a label as an 8-bit 'L' PNG and prove the round trip: the encoded bytes must decode
+    to exactly ``label`` (PIL has silently collapsed 'P'-mode labels before)."""
+    data = write_png(path, label, durable)
+    with Image.open(io.BytesIO(data)) as image:
+        back = np.array(image)
+        mode = image.mode
+    if mode != "L" or not np.array_equal(back, label):
+        raise DataError(f"{path}: the written label does not read back identically")
 
 
 class DatasetWriter:
@@ -496,7 +513,7 @@ class DatasetWriter:
             image_path = self._add_array_image(stem, image, label.shape)
         else:
             image_path = self._add_file_image(stem, Path(image), label.shape)
-        _write_png(label_path, label)
+        write_label(label_path, label)
         self._image_names[stem] = image_path.name
         if split is not None:
             self._splits.setdefault(split, []).append(stem)
@@ -508,7 +525,7 @@ class DatasetWriter:
                 f"{path}: image must be an (H, W, 3) uint8 array, got {_describe(image)}"
             )
         _check_sizes(path, image.shape[:2], self.directory / "labels" / f"{stem}.png", label_hw)
-        _write_png(path, image)
+        write_png(path, image)
         return path
 
     def _add_file_image(self, stem: str, source: Path, label_hw: tuple) -> Path:
@@ -521,8 +538,17 @@ class DatasetWriter:
         atomic_copy(source, path)
         return path
 
-    def finalize(self) -> DatasetMeta:
-        """Write the split files and ``meta.json`` (with counts); return the meta written."""
+    def adopt(self, stem: str, image_name: str, split: str | None = None) -> None:
+        """Count a sample whose files are already in place (written by a converter's workers)."""
+        if stem in self._image_names:
+            raise UserError(f"stem '{stem}' added twice to {self.directory}")
+        self._image_names[check_name("stem", stem)] = check_name("image file name", image_name)
+        if split is not None:
+            self._splits.setdefault(check_name("split name", split), []).append(stem)
+
+    def finalize(self, extra: dict | None = None) -> DatasetMeta:
+        """Write the split files and ``meta.json`` (with counts and ``extra`` fields); return the
+        meta written."""
         counts: dict[str, int] = {}
         for split, stems in sorted(self._splits.items()):
             atomic_write_text(
@@ -531,7 +557,12 @@ class DatasetWriter:
             counts[split] = len(stems)
         counts[ALL_SPLIT] = len(self._image_names)
         self._remove_leftovers()
-        meta = replace(self._meta, splits=counts, created=_utc_now())
+        meta = replace(
+            self._meta,
+            splits=counts,
+            created=_utc_now(),
+            extra={**self._meta.extra, **(extra or {})},
+        )
         atomic_write_text(self._meta_path, _meta_json_text(meta))
         return meta
 

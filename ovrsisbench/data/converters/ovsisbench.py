@@ -1,0 +1,138 @@
+"""Importer of the OVSISBench archive released by the RSKT-Seg authors (spec datasets.md 10).
+
+The archive holds, per dataset, an "all" folder of images and index labels in V1 ids (the
+paper's label spaces), and for DLRSD and iSAID also ``<X>_split/{train,val}``. Pairing follows the
+official loader (top-level files with the registered extension, case-sensitive, matched by
+stem), with every pair's stem checked; labels are mapped from V1 ids back to native ids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ovrsisbench.data.converters.base import (
+    Converter,
+    SourceFile,
+    SourcePair,
+    SourceTree,
+    index_unique,
+    pair_files,
+)
+from ovrsisbench.data.converters.labels import DecodedLabel, IndexCodec
+from ovrsisbench.data.native import IGNORE_INDEX
+from ovrsisbench.errors import DataError
+
+
+@dataclass(frozen=True)
+class ArchiveFolders:
+    """Where one dataset lies in the archive, and how its V1 ids map to native ids."""
+
+    images: str  # "all" image folder, relative to the archive root
+    labels: str
+    image_ext: str  # case-sensitive, as registered
+    v1_classes: int
+    native_offset: int = 0  # native id = V1 id + offset
+    split_root: str | None = None  # <X>_split with {train,val}/{imgs|images} and D2masks
+
+
+FOLDERS = {
+    "dlrsd": ArchiveFolders("DLRSD/imgs", "DLRSD/D2masks", "jpg", 17, split_root="DLRSD_split"),
+    # V1 drops iSAID's background: V1 0..14 = native 1..15, background pixels are already 255
+    "isaid": ArchiveFolders("iSAID/imgs", "iSAID/D2masks", "png", 15, 1, "iSAID_split"),
+    "potsdam": ArchiveFolders("Potsdam/imgs", "Potsdam/D2masks", "png", 6),
+    "vaihingen": ArchiveFolders("Vaihingen/imgs", "Vaihingen/D2masks", "png", 6),
+    "uavid": ArchiveFolders("uavid/Images", "uavid/Labels", "png", 8),
+    "udd5": ArchiveFolders("UDD5/all/src", "UDD5/all/gt", "JPG", 5),
+    "loveda": ArchiveFolders("LoveDA/images_png", "LoveDA/masks_png", "png", 8),
+    "vdd": ArchiveFolders("VDD/src", "VDD/gt", "JPG", 7),
+}
+SPLIT_IMAGE_FOLDERS = ("imgs", "images")  # a third-party audit lists "images" for iSAID
+
+
+@dataclass(frozen=True)
+class StrictV1Codec:
+    """V1 index labels -> native ids; any other value makes the file a bad input."""
+
+    folders: ArchiveFolders
+
+    def decode(self, path: Path) -> DecodedLabel:
+        offset, count = self.folders.native_offset, self.folders.v1_classes
+        codec = IndexCodec({v1: v1 + offset for v1 in range(count)}, unlabelled=(IGNORE_INDEX,))
+        decoded = codec.decode(path)
+        if decoded.unmatched:
+            values = ", ".join(decoded.unmatched_values)
+            raise DataError(
+                f"{path}: label values [{values}] are not V1 ids 0..{count - 1} or {IGNORE_INDEX}"
+            )
+        return decoded
+
+
+def _top_level(tree: SourceTree, folder: str, ext: str) -> dict[str, SourceFile]:
+    """Files directly inside ``folder`` (at any depth under --src) ending in ``.ext`` exactly."""
+    pattern = re.compile(rf"(?:.*/)?{re.escape(folder)}/(?P<stem>[^/]+)\.{re.escape(ext)}")
+    found = ((m["stem"], f) for f in tree for m in [pattern.fullmatch(f.logical)] if m)
+    return index_unique(found, f"stem in {folder}")
+
+
+class OVSISBenchImporter(Converter):
+    """Imports one dataset of the archive; ``for_dataset`` makes the class of each dataset."""
+
+    kind = "archive"
+    folders: ArchiveFolders
+    provenance = "OVSISBench archive of the RSKT-Seg authors: the files behind the paper's numbers"
+    notes = (
+        "labels mapped from the archive's V1 ids to native ids; the UAVid archive labels are "
+        "assumed to follow the V1 class order (unverified)",
+    )
+
+    @classmethod
+    def for_dataset(cls, dataset: str) -> type[OVSISBenchImporter]:
+        folders = FOLDERS[dataset]
+        download = (
+            f"the OVSISBench root with {folders.images}/*.{folders.image_ext} and "
+            f"{folders.labels}/*.png (or an archive of it)"
+        )
+        return type(
+            f"{cls.__name__}[{dataset}]",
+            (cls,),
+            {"dataset": dataset, "folders": folders, "download": download},
+        )
+
+    def make_codec(self) -> StrictV1Codec:
+        return StrictV1Codec(self.folders)
+
+    def _pairs(self, tree: SourceTree, images: str, labels: str):
+        return pair_files(
+            _top_level(tree, images, self.folders.image_ext), _top_level(tree, labels, "png")
+        )
+
+    def find_pairs(self, tree: SourceTree):
+        pairs, orphans = self._pairs(tree, self.folders.images, self.folders.labels)
+        found = {stem: SourcePair(stem, image, label, None) for stem, image, label in pairs}
+        for split, split_pairs in self._split_pairs(tree):
+            for stem, image, label in split_pairs:
+                pair = found.get(stem)
+                if pair is not None and pair.split not in (None, split):
+                    raise DataError(
+                        f"{label.logical}: stem '{stem}' is in both the {pair.split} and the "
+                        f"{split} split"
+                    )
+                base = pair or SourcePair(stem, image, label, None)
+                found[stem] = SourcePair(stem, base.image, base.label, split)
+        return [found[stem] for stem in sorted(found)], orphans
+
+    def _split_pairs(self, tree: SourceTree):
+        root = self.folders.split_root
+        if root is None:
+            return
+        for split in ("train", "val"):
+            for folder in SPLIT_IMAGE_FOLDERS:
+                pairs, _ = self._pairs(tree, f"{root}/{split}/{folder}", f"{root}/{split}/D2masks")
+                if pairs:
+                    yield split, pairs
+                    break
+
+
+ARCHIVE_IMPORTERS = {name: OVSISBenchImporter.for_dataset(name) for name in FOLDERS}

@@ -1,0 +1,195 @@
+"""``ovrsisbench prepare potsdam`` on a synthetic raw ISPRS Potsdam download (spec section 4)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rawfixtures.common import IGNORE, assert_prepared, expected_tiles
+from rawfixtures.isprs import (
+    ISPRS_COLOURS,
+    POTSDAM_CRS,
+    decode_isprs,
+    write_potsdam_raw,
+)
+
+from ovrsisbench.data.native import NATIVE_CLASSES
+
+CLASSES = NATIVE_CLASSES["potsdam"]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    """The extracted download with full labels (read only: shared by the tests)."""
+    return write_potsdam_raw(tmp_path_factory.mktemp("potsdam_raw"))
+
+
+def _prepare(cli, fixture, data_root: Path, *args: str) -> None:
+    result = cli("prepare", "potsdam", "--src", fixture.src, "--data-root", data_root, *args)
+    assert result.code == 0, result.err
+
+
+def _zipped_keys(by_file: dict, want: dict) -> dict:
+    """Map keys naming zip members (``<zip>...<member>``) onto the fixture's ``<zip>/<member>``."""
+    out = {}
+    for key, count in by_file.items():
+        hits = [
+            path
+            for path in want
+            if path.split(".zip/")[0] + ".zip" in key and key.endswith(path.split(".zip/")[1])
+        ]
+        assert len(hits) == 1, f"unmatched_by_file key {key!r} names no expected label file"
+        out[hits[0]] = count
+    return out
+
+
+def _check_verification(meta: dict, tiles: dict, fixture, *, zipped: bool = False) -> None:
+    verification = meta["verification"]
+    counts = np.zeros(256, np.int64)
+    for item in tiles.values():
+        counts += np.bincount(item.label.ravel(), minlength=256)
+    assert counts[len(CLASSES) : IGNORE].sum() == 0
+    want = {name: int(counts[i]) for i, name in enumerate(CLASSES)}
+    want["unlabelled"] = int(counts[IGNORE])
+    pixels = verification["pixels"]
+    assert set(pixels) <= set(want)
+    assert {name: pixels.get(name, 0) for name in want} == want
+    assert verification["unmatched_pixels"] == fixture.unmatched
+    files = {e.source_label: e.unmatched for e in fixture.expected.values() if e.unmatched}
+    by_file = verification["unmatched_by_file"]
+    assert (_zipped_keys(by_file, files) if zipped else by_file) == files
+    assert verification["bad_inputs"] == []
+
+
+# --- the fixture itself ----------------------------------------------------------------------
+
+
+def _read_tiff(data: bytes):
+    from rasterio.io import MemoryFile
+
+    with MemoryFile(data) as memory, memory.open() as source:
+        return source.read().transpose(1, 2, 0), source.crs, source.transform
+
+
+@pytest.mark.parametrize("labels", ["full", "eroded"])
+def test_fixture_files_decode_to_the_expected_arrays(tmp_path, labels):
+    fixture = write_potsdam_raw(tmp_path / "raw", labels=labels)
+    zipped = write_potsdam_raw(tmp_path / "zipped", archives=True, labels=labels)
+    assert sorted(fixture.expected) == ["top_potsdam_2_10", "top_potsdam_2_13", "top_potsdam_3_14"]
+    assert [e.split for e in fixture.expected.values()] == ["train", "val", "val"]
+    archives = {p.name: zipfile.ZipFile(p) for p in zipped.src.glob("*.zip")}
+    assert sorted(archives) == [
+        "1_DSM.zip",
+        "2_Ortho_RGB.zip",
+        "3_Ortho_IRRG.zip",
+        "5_Labels_all.zip",
+        "5_Labels_all_noBoundary.zip",
+        "5_Labels_for_participants.zip",
+    ]
+    for base, item in fixture.expected.items():
+        image_path = f"2_Ortho_RGB/{base}_RGB.tif"
+        data = (fixture.src / image_path).read_bytes()
+        assert archives["2_Ortho_RGB.zip"].read(image_path) == data
+        image, crs, transform = _read_tiff(data)
+        np.testing.assert_array_equal(image, item.image)
+        assert image.dtype == np.uint8 and crs.to_string() == POTSDAM_CRS
+        world = (fixture.src / f"2_Ortho_RGB/{base}_RGB.tfw").read_text().split()
+        assert [float(v) for v in world[:4]] == [0.05, 0.0, 0.0, -0.05]
+        assert float(world[4]) == pytest.approx(transform.c + 0.025)
+        irrg, _, _ = _read_tiff((fixture.src / f"3_Ortho_IRRG/{base}_IRRG.tif").read_bytes())
+        assert not np.array_equal(irrg, item.image)
+
+        member = item.source_label.split("/", 1)[1]
+        assert zipped.expected[base].source_label.endswith(".zip/" + member)
+        data = (fixture.src / item.source_label).read_bytes()
+        assert archives[item.source_label.split("/")[0] + ".zip"].read(member) == data
+        rgb, _, _ = _read_tiff(data)
+        decoded, unmatched = decode_isprs(rgb)
+        np.testing.assert_array_equal(decoded, item.label)
+        assert unmatched == item.unmatched
+        assert np.all(rgb == 0, axis=-1).any()  # boundary pixels
+        for colour in ISPRS_COLOURS:  # every class colour
+            assert np.all(rgb == colour, axis=-1).any()
+        np.testing.assert_array_equal(zipped.expected[base].label, item.label)
+    participants = fixture.src / "5_Labels_for_participants/top_potsdam_2_10_label.tif"
+    assert not np.array_equal(
+        decode_isprs(_read_tiff(participants.read_bytes())[0])[0],
+        fixture.expected["top_potsdam_2_10"].label,
+    )
+    assert fixture.unmatched == (11 if labels == "full" else 8)
+    assert [e.unmatched > 0 for e in fixture.expected.values()].count(False) == 1
+
+
+# --- prepare ---------------------------------------------------------------------------------
+
+
+def test_prepare_tile_32_drop(cli, raw, tmp_path):
+    _prepare(cli, raw, tmp_path, "--tile", "32")
+    tiles = expected_tiles(raw.expected, 32, 32, "drop")
+    sizes = [e.label.shape for e in raw.expected.values()]
+    assert len(tiles) == sum((h // 32) * (w // 32) for h, w in sizes) == 12
+    assert "top_potsdam_2_10_32_64_32_64" in tiles
+    meta = assert_prepared(tmp_path, "potsdam", tiles)
+    assert meta["name"] == "potsdam"
+    assert meta["classes"] == list(CLASSES)
+    assert meta["tiling"] == {"tile": 32, "stride": 32, "edge": "drop"}
+    assert meta["source"]["kind"] == "raw"
+    _check_verification(meta, tiles, raw)
+
+
+def test_prepare_stride_24_clamp(cli, raw, tmp_path):
+    _prepare(cli, raw, tmp_path, "--tile", "32", "--stride", "24", "--edge", "clamp")
+    tiles = expected_tiles(raw.expected, 32, 24, "clamp")
+    assert len(tiles) == 3 * 4 + 3 * 3 + 3 * 3
+    assert "top_potsdam_2_10_38_70_58_90" in tiles  # the border-aligned last window
+    meta = assert_prepared(tmp_path, "potsdam", tiles)
+    assert meta["tiling"] == {"tile": 32, "stride": 24, "edge": "clamp"}
+    _check_verification(meta, tiles, raw)
+
+
+def test_prepare_from_the_official_zips(cli, tmp_path):
+    fixture = write_potsdam_raw(tmp_path / "raw", archives=True)
+    assert not any(p.is_dir() for p in fixture.src.iterdir())
+    _prepare(cli, fixture, tmp_path / "data", "--tile", "40", "--edge", "pad")
+    tiles = expected_tiles(fixture.expected, 40, 40, "pad")
+    assert len(tiles) == 2 * 3 + 2 * 2 + 2 * 2
+    meta = assert_prepared(tmp_path / "data", "potsdam", tiles)
+    assert meta["tiling"] == {"tile": 40, "stride": 40, "edge": "pad"}
+    assert meta["source"]["kind"] == "raw"
+    _check_verification(meta, tiles, fixture, zipped=True)
+
+
+def test_prepare_eroded_labels(cli, tmp_path):
+    fixture = write_potsdam_raw(tmp_path / "raw", labels="eroded")
+    _prepare(cli, fixture, tmp_path / "data", "--tile", "32", "-o", "labels=eroded")
+    tiles = expected_tiles(fixture.expected, 32, 32, "drop")
+    meta = assert_prepared(tmp_path / "data", "potsdam", tiles)
+    _check_verification(meta, tiles, fixture)
+    assert all("_noBoundary" in key for key in meta["verification"]["unmatched_by_file"])
+
+
+def test_prepare_untiled_keeps_the_geotiff_bytes(cli, raw, tmp_path):
+    from ovrsisbench.data.layout import open_dataset
+
+    _prepare(cli, raw, tmp_path, "--tile", "0")
+    meta = assert_prepared(tmp_path, "potsdam", raw.expected)
+    assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
+    _check_verification(meta, raw.expected, raw)
+    dataset = open_dataset(tmp_path, "potsdam")
+    for base in raw.expected:
+        path = dataset.image_path(base)
+        assert path.name == f"{base}.tif"
+        assert path.read_bytes() == (raw.src / f"2_Ortho_RGB/{base}_RGB.tif").read_bytes()
+
+
+def test_prepare_without_the_chosen_labels_is_a_user_error(cli, tmp_path):
+    fixture = write_potsdam_raw(tmp_path / "raw")
+    for path in (fixture.src / "5_Labels_all_noBoundary").iterdir():
+        path.unlink()
+    (fixture.src / "5_Labels_all_noBoundary").rmdir()
+    args = ["--src", fixture.src, "--data-root", tmp_path / "data", "-o", "labels=eroded"]
+    result = cli("prepare", "potsdam", *args)
+    assert result.code == 2
+    assert result.err.startswith("error:") and result.err.count("\n") <= 1
