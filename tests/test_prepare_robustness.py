@@ -1,0 +1,167 @@
+"""``prepare`` under bad inputs, interruption, reruns and parallel workers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rawfixtures import loveda
+from rawfixtures.common import assert_prepared, expected_tiles
+from rawfixtures.isprs import write_potsdam_raw
+
+from ovrsisbench.data.converters import engine
+from ovrsisbench.data.converters.isprs import PotsdamConverter
+from ovrsisbench.data.prepare import PrepareSettings, prepare
+from ovrsisbench.errors import DataError
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (hidden state included) with its bytes, meta.json aside."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "meta.json"
+    }
+
+
+def _meta_without_times(root: Path) -> dict:
+    meta = json.loads((root / "meta.json").read_text())
+    meta.pop("created")
+    meta["source"].pop("src")
+    meta["prepare"].pop("fingerprint")  # it covers the paths of the download
+    return meta
+
+
+def _potsdam(tmp_path: Path, fixture=None, data: str = "data", **settings):
+    """Prepare the Potsdam fixture (16 px tiles, one worker unless ``settings`` say otherwise)."""
+    fixture = fixture or write_potsdam_raw(tmp_path / "raw")
+    settings = PrepareSettings(**{"tile": 16, "workers": 1, **settings})
+    outcome = prepare("potsdam", fixture.src, tmp_path / data, settings=settings)
+    return fixture, outcome[0].report
+
+
+def test_truncated_image_is_named_and_can_be_skipped(cli, tmp_path):
+    fixture = loveda.write_raw(tmp_path / "raw")
+    victim = sorted((fixture.src / "Train").rglob("images_png/*.png"))[0]
+    assert victim.stem in fixture.expected
+    victim.write_bytes(victim.read_bytes()[:200])
+    args = ["prepare", "loveda", "--src", fixture.src, "--data-root", tmp_path / "data"]
+
+    failed = cli(*args, "--workers", "1")
+    assert failed.code == 2
+    assert str(victim) in failed.err and "--skip-bad" in failed.err
+    assert not (tmp_path / "data" / "loveda" / "meta.json").exists()
+
+    skipped = cli(*args, "--workers", "1", "--skip-bad")
+    assert skipped.code == 0, skipped.err
+    expected = {k: v for k, v in fixture.expected.items() if k != victim.stem}
+    meta = assert_prepared(tmp_path / "data", "loveda", expected)
+    bad = meta["verification"]["bad_inputs"]
+    assert [entry["path"] for entry in bad] == [victim.relative_to(fixture.src).as_posix()]
+    assert "cannot read image" in bad[0]["problem"]
+
+
+def test_label_of_another_size_is_a_bad_input(tmp_path):
+    fixture = write_potsdam_raw(tmp_path / "raw")
+    label = next(fixture.src.rglob("top_potsdam_2_13_label.tif"))
+    with rasterio.open(label) as source:
+        profile, bands = source.profile, source.read()
+    profile.update(height=bands.shape[1] - 3)
+    with rasterio.open(label, "w", **profile) as target:
+        target.write(bands[:, :-3])
+    with pytest.raises(DataError) as failure:
+        prepare("potsdam", fixture.src, tmp_path / "data", settings=PrepareSettings(workers=1))
+    message = str(failure.value)
+    assert "top_potsdam_2_13_RGB.tif" in message and str(label) in message
+    assert "differ in size" in message
+
+
+class _Interrupt:
+    """Wraps ``convert_pair``: lets ``calls`` pairs through, then raises KeyboardInterrupt."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+        self.real = engine.convert_pair
+
+    def __call__(self, job):
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        self.calls -= 1
+        return self.real(job)
+
+
+def test_interrupted_run_resumes_without_redoing_and_matches_a_clean_run(tmp_path, monkeypatch):
+    fixture, clean = _potsdam(tmp_path, data="clean")
+    monkeypatch.setattr(engine, "convert_pair", _Interrupt(1))
+    with pytest.raises(KeyboardInterrupt):
+        _potsdam(tmp_path, fixture)
+    out = tmp_path / "data" / "potsdam"
+    assert not (out / "meta.json").exists()
+    finished = {p: p.stat().st_mtime_ns for p in (out / "labels").iterdir()}
+    assert finished
+    # a kill in the middle of a journal line, and a temp file of an unfinished write
+    with open(out / ".prepare" / "journal.jsonl", "a") as journal:
+        journal.write('{"stem": "top_potsdam_3_1')
+    (out / "images" / ".top_potsdam_3_14_0_16_0_16.png.x.tmp").write_bytes(b"half")
+
+    monkeypatch.setattr(engine, "convert_pair", engine.convert_pair.real)
+    _, report = _potsdam(tmp_path, fixture)
+    assert (report.resumed, report.converted) == (1, 2)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not written again
+    assert _tree(out) == _tree(tmp_path / "clean" / "potsdam")
+    assert _meta_without_times(out) == _meta_without_times(tmp_path / "clean" / "potsdam")
+    assert clean.converted == 3
+
+
+def test_second_run_is_up_to_date_and_a_changed_input_is_converted_again(tmp_path):
+    fixture, _ = _potsdam(tmp_path)
+    out = tmp_path / "data" / "potsdam"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    files = _tree(out)
+    _, again = _potsdam(tmp_path, fixture)
+    assert again.up_to_date
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    image = next(fixture.src.rglob("top_potsdam_2_10_RGB.tif"))
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    _, changed = _potsdam(tmp_path, fixture)
+    assert not changed.up_to_date and changed.converted == 3  # the journal is gone once done
+    assert _tree(out) == files
+
+
+def test_other_settings_rewrite_the_dataset_and_remove_stale_tiles(tmp_path):
+    fixture, _ = _potsdam(tmp_path)
+    _, report = _potsdam(tmp_path, fixture, tile=32)
+    assert not report.up_to_date
+    assert_prepared(tmp_path / "data", "potsdam", expected_tiles(fixture.expected, 32))
+
+
+def test_two_workers_write_the_same_files_as_one(tmp_path):
+    fixture, _ = _potsdam(tmp_path, data="one")
+    _potsdam(tmp_path, fixture, data="two", workers=2)
+    assert _tree(tmp_path / "one") == _tree(tmp_path / "two")
+    assert _meta_without_times(tmp_path / "one" / "potsdam") == _meta_without_times(
+        tmp_path / "two" / "potsdam"
+    )
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_tolerance_snaps_near_colours_and_strict_mode_counts_them(tmp_path):
+    converter = PotsdamConverter({"tolerance": 4})
+    label = np.array([[[252, 255, 0], [255, 255, 255], [9, 222, 221], [0, 0, 0]]], np.uint8)
+    path = tmp_path / "label.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=4, height=1, count=3, dtype="uint8"
+    ) as target:
+        target.write(label.transpose(2, 0, 1))
+    near = converter.codec().decode(path)
+    assert near.label.tolist() == [[4, 0, 255, 255]]
+    assert (near.snapped, near.unmatched) == (1, 1)
+    assert near.unmatched_values == {"(9, 222, 221)": 1}
+    strict = PotsdamConverter().codec().decode(path)
+    assert strict.label.tolist() == [[255, 0, 255, 255]]
+    assert (strict.snapped, strict.unmatched) == (0, 2)
