@@ -491,7 +491,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
-        _fail("aborted", 1)
+        _fail("interrupted (run and prepare resume when the same command is run again)", 1)
     except UserError as error:
         _fail(str(error))
     except OSError as error:  # e.g. --out naming an unwritable place

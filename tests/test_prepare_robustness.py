@@ -165,3 +165,17 @@ def test_tolerance_snaps_near_colours_and_strict_mode_counts_them(tmp_path):
     strict = PotsdamConverter().codec().decode(path)
     assert strict.label.tolist() == [[255, 0, 255, 255]]
     assert (strict.snapped, strict.unmatched) == (0, 2)
+
+
+def test_a_tiff_with_other_bands_than_declared_is_a_bad_input(tmp_path):
+    fixture = write_potsdam_raw(tmp_path / "raw")
+    image = next(fixture.src.rglob("top_potsdam_2_10_RGB.tif"))
+    with rasterio.open(image) as source:
+        profile, bands = source.profile, source.read()
+    profile.update(count=4)
+    with rasterio.open(image, "w", **profile) as target:
+        target.write(np.concatenate([bands, bands[:1]]))
+    with pytest.raises(
+        DataError, match=r"top_potsdam_2_10_RGB.tif: 4 bands, expected 3 \(R, G, B\)"
+    ):
+        prepare("potsdam", fixture.src, tmp_path / "data", settings=PrepareSettings(workers=1))

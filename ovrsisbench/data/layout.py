@@ -253,6 +253,12 @@ def read_rgb(path: Path) -> np.ndarray:
     return _read_tiff_rgb(path) if _is_tiff(path) else _read_pil_rgb(path)
 
 
+def tiff_band_count(path: Path) -> int:
+    """Number of bands of a TIFF file (from its header)."""
+    with _open_raster(Path(path)) as source:
+        return source.count
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """Return (height, width) of an image file from its header, without decoding pixels."""
     path = Path(path)

@@ -114,6 +114,7 @@ class Converter:
     archives: ClassVar[tuple[str, ...]] = ("*",)  # fnmatch patterns of archives to extract
     notes: ClassVar[tuple[str, ...]] = ()
     download: ClassVar[str] = ""  # what --src must hold, for error messages
+    bands: ClassVar[tuple[str, ...]] = ("R", "G", "B")  # image bands in file order
     provenance: ClassVar[str] = (
         "converted by ovrsisbench from the official download: a benchmark version of its own, "
         "not the OVSISBench archive behind the published numbers"
@@ -155,8 +156,8 @@ class Converter:
         raise NotImplementedError
 
     def meta_extra(self) -> dict:
-        """Extra ``meta.json`` fields (e.g. band order)."""
-        return {}
+        """Extra ``meta.json`` fields."""
+        return {"bands": list(self.bands)}
 
     def nothing_found(self, src: Path) -> NothingFoundError:
         return NothingFoundError(

@@ -43,6 +43,7 @@ from ovrsisbench.data.layout import (
     open_pil_image,
     read_meta,
     read_rgb,
+    tiff_band_count,
     write_label,
     write_png,
 )
@@ -127,10 +128,22 @@ def _check_same_size(pair: SourcePair, image_hw: tuple, label_hw: tuple) -> None
         )
 
 
+def _read_image(job: Job) -> np.ndarray:
+    """The source image as (H, W, 3) uint8 in file band order; a TIFF must have exactly the
+    bands the converter declares (e.g. Vaihingen's NIR, R, G), so no extra band goes unnoticed."""
+    path = job.pair.image.real
+    if path.suffix.lower() in (".tif", ".tiff"):
+        bands = _cached_converter(job.dataset, job.kind, job.options).bands
+        count = tiff_band_count(path)
+        if count != len(bands):
+            raise DataError(f"{path}: {count} bands, expected {len(bands)} ({', '.join(bands)})")
+    return read_rgb(path)
+
+
 def _write_whole(job: Job, label: np.ndarray) -> list[Output]:
     """Copy the image bytes (after decoding them fully, to catch truncation) and the label."""
     pair, out = job.pair, job.out
-    image = read_rgb(pair.image.real)
+    image = _read_image(job)
     _check_same_size(pair, image.shape[:2], label.shape)
     name = f"{pair.stem}{Path(pair.image.name).suffix}"
     atomic_copy(pair.image.real, out / "images" / name, durable=False)
@@ -140,7 +153,7 @@ def _write_whole(job: Job, label: np.ndarray) -> list[Output]:
 
 def _write_tiles(job: Job, label: np.ndarray) -> list[Output]:
     pair, out, tiling = job.pair, job.out, job.tiling
-    image = read_rgb(pair.image.real)
+    image = _read_image(job)
     _check_same_size(pair, image.shape[:2], label.shape)
     outputs = []
     for y0, x0 in tiling.windows(*label.shape):

@@ -118,6 +118,7 @@ class PotsdamConverter(ISPRSConverter):
 class VaihingenConverter(ISPRSConverter):
     dataset = "vaihingen"
     stem_prefix = "top_mosaic_09cm_area"
+    bands = ("NIR", "R", "G")  # IRRG false colour: kept, never relabelled as RGB
     # labels share the images' file names; the participants' GT is a partial copy
     not_label_folders = ("top", "gts_for_participants", "dsm")
     train_ids = tuple("1 11 13 15 17 21 23 26 28 3 30 32 34 37 5 7".split())
@@ -148,6 +149,3 @@ class VaihingenConverter(ISPRSConverter):
         "tiling as Potsdam (256 px, non-overlapping, remainder dropped); whether this gives the "
         "paper's 2,254 patches is unverified",
     )
-
-    def meta_extra(self) -> dict:
-        return {"bands": ["NIR", "R", "G"]}
