@@ -46,13 +46,13 @@ def default_results() -> Path:
 DataRoot = Annotated[
     Path | None,
     typer.Option(
-        help="Prepared data root [default: $OVRSISBENCH_DATA or ./data]", show_default=False
+        help="Prepared data root \\[default: $OVRSISBENCH_DATA or ./data]", show_default=False
     ),
 ]
 ResultsDir = Annotated[
     Path | None,
     typer.Option(
-        help="Results folder [default: $OVRSISBENCH_RESULTS or ./results]", show_default=False
+        help="Results folder \\[default: $OVRSISBENCH_RESULTS or ./results]", show_default=False
     ),
 ]
 OptionList = Annotated[
@@ -137,18 +137,18 @@ def prepare(
     ] = "raw",
     workers: Annotated[
         int | None,
-        typer.Option(help="Worker processes [default: number of CPU cores, at most 4]"),
+        typer.Option(help="Worker processes \\[default: number of CPU cores, at most 4]"),
     ] = None,
     tile: Annotated[
         int | None,
-        typer.Option(help="Tile size in px; 0 = whole images [default: per dataset, see README]"),
+        typer.Option(help="Tile size in px; 0 = whole images \\[default: per dataset, see README]"),
     ] = None,
     stride: Annotated[
-        int | None, typer.Option(help="Tile stride in px [default: the tile]")
+        int | None, typer.Option(help="Tile stride in px \\[default: the tile]")
     ] = None,
     edge: Annotated[
         str | None,
-        typer.Option(help="Tiles at the border: drop, clamp or pad [default: per dataset]"),
+        typer.Option(help="Tiles at the border: drop, clamp or pad \\[default: per dataset]"),
     ] = None,
     skip_bad: Annotated[
         bool,
@@ -228,9 +228,9 @@ def run(
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Weights file for the adapter")] = None,
     backbone: Backbone = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda if available]")] = (
-        None
-    ),
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda \\[default: cuda if available]")
+    ] = (None),
     data_root: DataRoot = None,
     results: ResultsDir = None,
     option: OptionList = None,
@@ -471,7 +471,7 @@ def datasets_list(data_root: DataRoot = None) -> None:
 @app.command()
 def demo(
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the demo's data and results [default: temp]")
+        Path | None, typer.Option(help="Folder for the demo's data and results \\[default: temp]")
     ] = None,
 ) -> None:
     """Run the whole pipeline offline on a generated SYNTHETIC benchmark (proves the pipeline)."""

@@ -81,7 +81,9 @@ class Evaluator:
         self.weights_sha256 = file_sha256(weights) if weights else adapter.weights_sha256()
 
     def key(self, entry: EvalEntry) -> RecordKey:
+        """The record key of ``entry`` (reads the prepared dataset's meta.json)."""
         vocabulary = entry.vocabulary
+        meta = open_dataset(self.data_root, entry.dataset).meta
         return RecordKey(
             model=self.model_name,
             options=self.adapter.options,
@@ -91,14 +93,15 @@ class Evaluator:
             split=entry.split,
             vocabulary={"name": vocabulary.name, "sha256": vocabulary.sha256},
             code_version=ovrsisbench.__version__,
+            data_version=meta.version(),
         )
 
     def run(self, entries: list[EvalEntry], progress: ProgressSink | None = None) -> list[Outcome]:
         """Evaluate every entry; a failing dataset is reported and the others still run."""
         outcomes = []
         for entry in entries:
-            key = self.key(entry)
             try:
+                key = self.key(entry)
                 existing = self.store.find(key)
                 if existing is not None:
                     self.store.discard_partial(key)  # left over if a run died after saving
@@ -177,6 +180,7 @@ class Evaluator:
         if done == 0:
             raise ValueError(f"split '{entry.split}' of {entry.dataset} has no images")
         provenance = {
+            "version": key.data_version,
             "meta_sha256": meta_sha,
             "converter_version": dataset.meta.converter_version,
             "source": dataset.meta.source,

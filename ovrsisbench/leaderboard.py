@@ -1,6 +1,7 @@
 """Leaderboards built only from result records, plus clearly marked published reference rows.
 
-One row per (model, options, weights); per dataset of the protocol its mIoU and mACC (fwIoU on
+One row per (model, options, weights, data source: raw download, OVSISBench archive or
+synthetic); per dataset of the protocol its mIoU and mACC (fwIoU on
 request); the mean over the protocol's datasets when every dataset has a record; rank by mean
 mIoU. Every number of ours is read from a record file, so it can be traced and recomputed.
 """
@@ -35,7 +36,7 @@ class Row:
 
     model: str
     config: str
-    kind: str  # "ours" or "published (<source>)"
+    kind: str  # "ours (<data source> data)" or "published (<source>)"
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> metric -> x100
     created: dict[str, str] = field(default_factory=dict)
     stated_means: dict[str, float] | None = None  # published rows state their own means
@@ -61,6 +62,12 @@ def record_metrics(record: dict[str, Any], policy: str) -> dict[str, float]:
     return compute_scores(np.asarray(record["confusion"], dtype=np.int64), policy).summary()
 
 
+def data_source(record: dict[str, Any]) -> str:
+    """Where the record's dataset was prepared from: raw, archive (the paper's OVSISBench files)
+    or synthetic; results on differently prepared data are different benchmark versions."""
+    return record["environment"].get("data", {}).get("version", {}).get("source", "unknown")
+
+
 def rows_from_records(
     protocol: Protocol, store: ResultStore, policy: str = DEFAULT_POLICY
 ) -> list[Row]:
@@ -75,11 +82,12 @@ def rows_from_records(
         model: _distinguishing_options([r for _, r in matching if r["model"] == model])
         for model in {r["model"] for _, r in matching}
     }
-    rows: dict[tuple[str, str, str | None], Row] = {}
+    rows: dict[tuple[str, str, str | None, str], Row] = {}
     for dataset, record in matching:
-        identity = (record["model"], json_sha256(record["options"]), record["weights_sha256"])
+        data = data_source(record)
+        identity = (record["model"], json_sha256(record["options"]), record["weights_sha256"], data)
         label = _config_label(record, shown[record["model"]])
-        row = rows.setdefault(identity, Row(record["model"], label, "ours"))
+        row = rows.setdefault(identity, Row(record["model"], label, f"ours ({data} data)"))
         if record["created"] >= row.created.get(dataset, ""):  # newest record wins
             row.created[dataset] = record["created"]
             row.metrics[dataset] = record_metrics(record, policy)

@@ -1,8 +1,10 @@
 """Result records: their schema, their identity key, and an atomic on-disk store with resume.
 
 A record is one JSON file per (model, options, weights, protocol, dataset, split, vocabulary,
-code version). Its file name carries a hash of that key, so a rerun finds it without reading
-every file. Evaluation in progress is checkpointed to a ``.partial.json`` beside it.
+code version, data version): the same model on a dataset prepared differently (raw download vs
+the OVSISBench archive, another tiling) is another result. Its file name carries a hash of that
+key, so a rerun finds it without reading every file. Evaluation in progress is checkpointed to a
+``.partial.json`` beside it.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ RECORD_KEYS = (
     "environment",
     "created",
 )
-# model .. vocabulary of a record, plus the code version: equal keys mean a reusable record
+# model .. vocabulary of a record, plus the code and data versions (kept in its environment):
+# equal keys mean a reusable record
 IDENTITY_FIELDS = (
     *RECORD_KEYS[RECORD_KEYS.index("model") : RECORD_KEYS.index("classes")],
     "code_version",
+    "data_version",
 )
 
 
@@ -58,6 +62,7 @@ class RecordKey:
     split: str
     vocabulary: dict[str, str]  # {"name": ..., "sha256": ...}
     code_version: str
+    data_version: dict[str, str]  # {"source": raw|archive|synthetic, "sha256": ...}
 
     def as_dict(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in IDENTITY_FIELDS}
@@ -69,8 +74,13 @@ class RecordKey:
 
 def key_of_record(record: dict[str, Any]) -> RecordKey:
     """The identity key stored in a record."""
-    fields = {field: record[field] for field in IDENTITY_FIELDS if field != "code_version"}
-    return RecordKey(**fields, code_version=record["environment"]["ovrsisbench"])
+    environment = record["environment"]
+    fields = {field: record[field] for field in IDENTITY_FIELDS if not field.endswith("_version")}
+    return RecordKey(
+        **fields,
+        code_version=environment["ovrsisbench"],
+        data_version=environment.get("data", {}).get("version", {}),
+    )
 
 
 def _slug(text: str) -> str:

@@ -33,6 +33,13 @@ def test_every_command_has_help(cli, args):
     assert result.code == 0 and "Usage" in result.out
 
 
+def test_help_shows_defaults_written_in_the_help_text(cli):
+    """Rich would swallow an unescaped "[default: ...]" as markup."""
+    text = " ".join(cli("prepare", "--help").out.split())
+    assert "[default: per dataset, see README]" in text
+    assert "[default: $OVRSISBENCH_DATA or ./data]" in text
+
+
 def toy_run(model: str, data_root, results, *extra: str) -> list[str]:
     """Arguments of `ovrsisbench run` for a toy adapter on the synthetic demo protocol."""
     return [

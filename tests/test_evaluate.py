@@ -8,10 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tests_helpers import run_toy  # noqa: I001
 
 from ovrsisbench.adapter import create_adapter
 from ovrsisbench.data.layout import open_dataset
 from ovrsisbench.evaluate import EvalSettings, Evaluator
+from ovrsisbench.leaderboard import build
 from ovrsisbench.metrics import compute_scores
 from ovrsisbench.protocol import load_protocol
 from ovrsisbench.results import RECORD_KEYS, ResultStore
@@ -251,3 +253,25 @@ def test_a_changed_dataset_invalidates_the_checkpoint(synthetic_root, tmp_path, 
     recorder.starts = []
     make_evaluator(model, root, tmp_path / "cut").run(entries, recorder)
     assert recorder.starts == [0, 0]  # started over instead of merging stale counts
+
+
+def test_differently_prepared_data_is_another_result(synthetic_root, tmp_path, toy_adapters):
+    """Same model and dataset, but the data re-prepared from another source: not reused, and the
+    leaderboard shows the two data versions on separate rows."""
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    first = run_toy(toy_adapters, data, tmp_path / "results")
+    again = run_toy(toy_adapters, data, tmp_path / "results")
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    meta_path = data / "synthetic-target" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["source"]["kind"] = "archive"
+    meta_path.write_text(json.dumps(meta))
+    third = run_toy(toy_adapters, data, tmp_path / "results")
+    assert [o.status for o in third] == ["skipped", "done"]
+    version = third[1].record["environment"]["data"]["version"]
+    assert version["source"] == "archive"
+    assert version != first[1].record["environment"]["data"]["version"]
+    frame = build(load_protocol("demo"), tmp_path / "results")
+    assert sorted(frame["kind"]) == ["ours (archive data)", "ours (synthetic data)"]

@@ -20,7 +20,7 @@ def test_rows_come_from_records(synthetic_root, tmp_path, toy_adapters):
         outcomes = run_toy(toy_adapters, synthetic_root, tmp_path, gain=gain)
         records[gain] = {o.dataset: o.record for o in outcomes}
     frame = build(protocol, tmp_path)
-    assert len(frame) == 2 and set(frame["kind"]) == {"ours"}
+    assert len(frame) == 2 and set(frame["kind"]) == {"ours (synthetic data)"}
     for _, row in frame.iterrows():
         gain = 1.0 if "gain=1.0" in row["config"] else 3.0
         values = [

@@ -179,3 +179,20 @@ def test_a_tiff_with_other_bands_than_declared_is_a_bad_input(tmp_path):
         DataError, match=r"top_potsdam_2_10_RGB.tif: 4 bands, expected 3 \(R, G, B\)"
     ):
         prepare("potsdam", fixture.src, tmp_path / "data", settings=PrepareSettings(workers=1))
+
+
+def test_tiles_larger_than_every_image_are_an_error_not_an_empty_dataset(tmp_path):
+    fixture = write_potsdam_raw(tmp_path / "raw")  # images < 256 px: the default drops them all
+    with pytest.raises(DataError, match="into no output.*smaller than the 256 px tile"):
+        prepare("potsdam", fixture.src, tmp_path / "data", settings=PrepareSettings(workers=1))
+    assert not (tmp_path / "data" / "potsdam" / "meta.json").exists()
+
+
+def test_only_the_wanted_archives_are_extracted(tmp_path):
+    """A folder above the download: other zips there (DSM, the participants' labels) stay shut."""
+    fixture = write_potsdam_raw(tmp_path / "raw" / "Potsdam", archives=True)
+    distractor = fixture.src / "5_Labels_for_participants.zip"
+    assert distractor.exists()
+    settings = PrepareSettings(tile=16, workers=1)
+    report = prepare("potsdam", tmp_path / "raw", tmp_path / "data", settings=settings)[0].report
+    assert report.meta.source["archives"] == ["Potsdam/2_Ortho_RGB.zip", "Potsdam/5_Labels_all.zip"]

@@ -13,6 +13,7 @@ raises ``DataError`` whose one-line message starts with the file's path.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -137,6 +138,18 @@ class DatasetMeta:
         clashes = sorted(set(self.extra) & _META_FIELDS)
         if clashes:
             raise ValueError(f"extra meta keys {clashes} clash with meta.json fields")
+
+    def version(self) -> dict[str, str]:
+        """What identifies the prepared data itself: the source kind (raw, archive, synthetic)
+        and a hash of meta.json without what differs between machines or runs (creation time,
+        the download's path), so identical conversions anywhere have the same version."""
+        stable = self.to_json()
+        stable.pop("created")
+        stable["source"] = {k: v for k, v in self.source.items() if k != "src"}
+        if isinstance(stable.get("prepare"), dict):
+            stable["prepare"] = {"settings": stable["prepare"].get("settings")}
+        digest = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
+        return {"source": str(self.source.get("kind", "unknown")), "sha256": digest}
 
     def to_json(self) -> dict:
         """Return the JSON object written to ``meta.json`` (known fields first, then extras)."""

@@ -111,7 +111,7 @@ class Converter:
     default_tiling: ClassVar[Tiling] = Tiling()
     options_spec: ClassVar[dict[str, Option]] = {}
     checksums: ClassVar[dict[str, str]] = {}  # archive file name -> md5 published in the spec
-    archives: ClassVar[tuple[str, ...]] = ("*",)  # fnmatch patterns of archives to extract
+    archives: ClassVar[tuple[str, ...]] = ("*",)  # fnmatch patterns of archive file names
     notes: ClassVar[tuple[str, ...]] = ()
     download: ClassVar[str] = ""  # what --src must hold, for error messages
     bands: ClassVar[tuple[str, ...]] = ("R", "G", "B")  # image bands in file order
@@ -139,8 +139,9 @@ class Converter:
         return NATIVE_CLASSES[self.dataset]
 
     def wants_archive(self, logical: str) -> bool:
-        """Whether to extract the archive at ``logical`` (others are left alone)."""
-        return any(fnmatch(logical.lower(), pattern) for pattern in self.archives)
+        """Whether to extract the archive at ``logical`` (others are left alone), by file name."""
+        name = logical.rsplit("/", 1)[-1].lower()
+        return any(fnmatch(name, pattern) for pattern in self.archives)
 
     def find_pairs(self, tree: SourceTree) -> tuple[list[SourcePair], list[SourceFile]]:
         """The (image, label) pairs of the download, and the labels that have no image."""

@@ -56,6 +56,7 @@ JOURNAL = "journal.jsonl"
 SOURCE_SHA256 = "source.sha256"
 _MAX_NESTING = 3
 _SHOWN_PROBLEMS = 5
+_VERIFY_CHUNK = 64  # written samples re-read per task: one tile per task costs more in messaging
 
 
 class Progress:
@@ -187,10 +188,15 @@ def convert_pair(job: Job) -> PairResult:
     return result
 
 
-def verify_output(args: tuple[Path, Output, int]) -> str | None:
+def verify_outputs(args: tuple[Path, list[Output], int]) -> list[str]:
+    """Re-read written samples; return the problems found (see ``verify_output``)."""
+    out, outputs, num_classes = args
+    return [p for p in (verify_output(out, o, num_classes) for o in outputs) if p is not None]
+
+
+def verify_output(out: Path, output: Output, num_classes: int) -> str | None:
     """Re-read one written sample; return a problem, or None if image and label agree with the
     journal (same size, label values within the classes, same pixel counts)."""
-    out, output, num_classes = args
     label_path = out / "labels" / f"{output.stem}.png"
     try:
         with open_pil_image(label_path, "label") as image:
@@ -211,20 +217,28 @@ def verify_output(args: tuple[Path, Output, int]) -> str | None:
 
 
 def _run_all(
-    function: Callable[[Any], Any], items: list, pool: Executor | None, progress: Progress
+    function: Callable[[Any], Any],
+    items: list,
+    pool: Executor | None,
+    progress: Progress,
+    size: Callable[[Any], int] = lambda item: 1,
 ) -> Iterator[Any]:
-    """Yield ``function(item)`` for every item (completion order), advancing ``progress``."""
+    """Yield ``function(item)`` for every item (completion order), advancing ``progress`` by
+    ``size(item)``."""
     if pool is None:
         for item in items:
             yield function(item)
-            progress.advance(1)
+            progress.advance(size(item))
         return
     pending: set = set()
     queue = iter(items)
     limit = 4 * getattr(pool, "_max_workers", 1)
+    sizes = {}
     while True:
         for item in queue:
-            pending.add(pool.submit(function, item))
+            future = pool.submit(function, item)
+            pending.add(future)
+            sizes[future] = size(item)
             if len(pending) >= limit:
                 break
         if not pending:
@@ -232,7 +246,7 @@ def _run_all(
         done, pending = wait(pending, return_when=FIRST_COMPLETED)
         for future in done:
             yield future.result()
-            progress.advance(1)
+            progress.advance(sizes.pop(future))
 
 
 def _make_pool(workers: int, jobs: int) -> ProcessPoolExecutor | None:
@@ -537,6 +551,12 @@ def prepare_dataset(
                     "(fix or remove them, or rerun with --skip-bad; finished pairs are kept)"
                 )
             outputs = [output for result in results for output in result.outputs]
+            if not outputs:
+                raise DataError(
+                    f"{src}: {len(results)} image(s) converted into no output: with edge "
+                    f"'{tiling.edge}' every image is smaller than the {tiling.tile} px tile "
+                    "(use a smaller --tile, --edge pad, or --tile 0)"
+                )
             _verify_all(out, outputs, len(converter.classes), pool, progress)
         checksums = _checksums(converter, archives)
 
@@ -639,8 +659,10 @@ def _verify_all(
 ) -> None:
     """Re-read every written file; DataError listing what does not agree with the journal."""
     progress.start(f"{out.name}: verifying", len(outputs), 0)
-    items = [(out, output, num_classes) for output in outputs]
-    problems = sorted(p for p in _run_all(verify_output, items, pool, progress) if p)
+    chunks = [outputs[i : i + _VERIFY_CHUNK] for i in range(0, len(outputs), _VERIFY_CHUNK)]
+    items = [(out, chunk, num_classes) for chunk in chunks]
+    found = _run_all(verify_outputs, items, pool, progress, size=lambda item: len(item[1]))
+    problems = sorted(problem for chunk in found for problem in chunk)
     if problems:
         raise DataError(f"verification of {out} failed: {_problems_line(problems)}")
 

@@ -7,8 +7,6 @@ Default tiling reproduces the paper's Potsdam count: 256 px, non-overlapping, re
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
-
 from ovrsisbench.data.converters.base import (
     TOLERANCE,
     Converter,
@@ -55,9 +53,9 @@ class ISPRSConverter(Converter):
     def make_codec(self) -> PaletteCodec:
         return PaletteCodec(PALETTE, (BOUNDARY,), tolerance=self.options["tolerance"])
 
-    def wants_archive(self, logical: str) -> bool:
-        patterns = self.archive_patterns[self.options["labels"]]
-        return any(fnmatch(logical.lower(), pattern) for pattern in patterns)
+    @property
+    def archives(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.archive_patterns[self.options["labels"]]
 
     def split_of(self, tile_id: str) -> str | None:
         if tile_id in self.train_ids:
@@ -101,8 +99,8 @@ class PotsdamConverter(ISPRSConverter):
         "eroded": r"(?:.*/)?top_potsdam_(?P<id>\d+_\d+)_label_noBoundary\.tif",
     }
     archive_patterns = {
-        "full": ("*2_ortho_rgb.zip", "*5_labels_all.zip", "*potsdam*.zip"),
-        "eroded": ("*2_ortho_rgb.zip", "*5_labels_all_noboundary.zip", "*potsdam*.zip"),
+        "full": ("2_ortho_rgb.zip", "5_labels_all.zip", "potsdam*.zip"),
+        "eroded": ("2_ortho_rgb.zip", "5_labels_all_noboundary.zip", "potsdam*.zip"),
     }
     download = (
         "2_Ortho_RGB.zip (top_potsdam_<r>_<c>_RGB.tif) and 5_Labels_all.zip "
@@ -129,8 +127,8 @@ class VaihingenConverter(ISPRSConverter):
         "eroded": r"(?:.*/)?top_mosaic_09cm_area(?P<id>\d+)_noBoundary\.tif",
     }
     archive_patterns = {
-        "full": ("*isprs_semantic_labeling_vaihingen.zip", "*ground_truth_complete.zip"),
-        "eroded": ("*isprs_semantic_labeling_vaihingen.zip", "*ground_truth_eroded_complete.zip"),
+        "full": ("isprs_semantic_labeling_vaihingen.zip", "*ground_truth_complete.zip"),
+        "eroded": ("isprs_semantic_labeling_vaihingen.zip", "*ground_truth_eroded_complete.zip"),
     }
     checksums = {
         "ISPRS_semantic_labeling_Vaihingen.zip": "462b8dca7b6fa9eaf729840f0cdfc7f3",

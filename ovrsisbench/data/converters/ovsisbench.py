@@ -35,6 +35,7 @@ class ArchiveFolders:
     v1_classes: int
     native_offset: int = 0  # native id = V1 id + offset
     split_root: str | None = None  # <X>_split with {train,val}/{imgs|images} and D2masks
+    bands: tuple[str, ...] = ("R", "G", "B")
 
 
 FOLDERS = {
@@ -42,7 +43,10 @@ FOLDERS = {
     # V1 drops iSAID's background: V1 0..14 = native 1..15, background pixels are already 255
     "isaid": ArchiveFolders("iSAID/imgs", "iSAID/D2masks", "png", 15, 1, "iSAID_split"),
     "potsdam": ArchiveFolders("Potsdam/imgs", "Potsdam/D2masks", "png", 6),
-    "vaihingen": ArchiveFolders("Vaihingen/imgs", "Vaihingen/D2masks", "png", 6),
+    # IRRG like the raw tiles (paper Fig. 2(c) shows red vegetation; unverified)
+    "vaihingen": ArchiveFolders(
+        "Vaihingen/imgs", "Vaihingen/D2masks", "png", 6, bands=("NIR", "R", "G")
+    ),
     "uavid": ArchiveFolders("uavid/Images", "uavid/Labels", "png", 8),
     "udd5": ArchiveFolders("UDD5/all/src", "UDD5/all/gt", "JPG", 5),
     "loveda": ArchiveFolders("LoveDA/images_png", "LoveDA/masks_png", "png", 8),
@@ -97,7 +101,7 @@ class OVSISBenchImporter(Converter):
         return type(
             f"{cls.__name__}[{dataset}]",
             (cls,),
-            {"dataset": dataset, "folders": folders, "download": download},
+            {"dataset": dataset, "folders": folders, "download": download, "bands": folders.bands},
         )
 
     def make_codec(self) -> StrictV1Codec:
@@ -111,8 +115,12 @@ class OVSISBenchImporter(Converter):
     def find_pairs(self, tree: SourceTree):
         pairs, orphans = self._pairs(tree, self.folders.images, self.folders.labels)
         found = {stem: SourcePair(stem, image, label, None) for stem, image, label in pairs}
-        for split, split_pairs in self._split_pairs(tree):
+        self.split_only: list[str] = []
+        for split, split_pairs, split_orphans in self._split_pairs(tree):
+            orphans += split_orphans
             for stem, image, label in split_pairs:
+                if stem not in found:
+                    self.split_only.append(stem)
                 pair = found.get(stem)
                 if pair is not None and pair.split not in (None, split):
                     raise DataError(
@@ -129,10 +137,18 @@ class OVSISBenchImporter(Converter):
             return
         for split in ("train", "val"):
             for folder in SPLIT_IMAGE_FOLDERS:
-                pairs, _ = self._pairs(tree, f"{root}/{split}/{folder}", f"{root}/{split}/D2masks")
+                pairs, orphans = self._pairs(
+                    tree, f"{root}/{split}/{folder}", f"{root}/{split}/D2masks"
+                )
                 if pairs:
-                    yield split, pairs
+                    yield split, pairs, orphans
                     break
+
+    def meta_extra(self) -> dict:
+        """Stems found only in a split folder: the paper's "all" set (the all folder) then
+        differs from this dataset's split "all" (every stem), which the archive may never do."""
+        split_only = sorted(getattr(self, "split_only", []))
+        return {**super().meta_extra(), "archive": {"split_only_stems": split_only}}
 
 
 ARCHIVE_IMPORTERS = {name: OVSISBenchImporter.for_dataset(name) for name in FOLDERS}
