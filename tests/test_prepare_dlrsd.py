@@ -5,60 +5,34 @@ from __future__ import annotations
 import hashlib
 import warnings
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from rawfixtures import dlrsd
-from rawfixtures.common import IGNORE, assert_prepared, expected_tiles
+from rawfixtures.common import (
+    IGNORE,
+    assert_prepared,
+    check_verification,
+    expected_tiles,
+    run_prepare,
+)
 
 from ovrsisbench.data.native import NATIVE_CLASSES
 
 CLASSES = NATIVE_CLASSES["dlrsd"]
 
 
-def _histogram(tiles) -> dict[str, int]:
-    counts = np.zeros(256, np.int64)
-    for item in tiles.values():
-        counts += np.bincount(item.label.ravel(), minlength=256)
-    hist = {name: int(counts[i]) for i, name in enumerate(CLASSES) if counts[i]}
-    if counts[IGNORE]:
-        hist["unlabelled"] = int(counts[IGNORE])
-    return hist
-
-
-def _check_verification(meta: dict, fixture, tiles, *, exact_paths: bool) -> None:
-    verification = meta["verification"]
-    assert verification["unmatched_pixels"] == fixture.unmatched > 0
-    pixels = verification["pixels"]
-    assert set(pixels) <= {*CLASSES, "unlabelled"}
-    assert {name: n for name, n in pixels.items() if n} == _histogram(tiles)
-    want = {e.source_label: e.unmatched for e in fixture.expected.values() if e.unmatched}
-    by_file = verification["unmatched_by_file"]
-    if exact_paths:
-        assert by_file == want
-    else:  # inside an archive: the key format is the converter's; the file names are unique
-        assert {PurePosixPath(k).name: n for k, n in by_file.items()} == {
-            PurePosixPath(k).name: n for k, n in want.items()
-        }
-    assert verification["bad_inputs"] == []
-
-
-def _prepare(cli, src: Path, root: Path, *args: str) -> None:
-    result = cli("prepare", "dlrsd", "--src", src, "--data-root", root, *args)
-    assert result.code == 0, result.err
-
-
 def test_default_is_untiled_and_copies_the_tiffs(cli, tmp_path):
     fixture = dlrsd.write_raw(tmp_path / "raw")
-    _prepare(cli, fixture.src, tmp_path / "data")
+    run_prepare(cli, "dlrsd", fixture.src, tmp_path / "data")
     meta = assert_prepared(tmp_path / "data", "dlrsd", fixture.expected)
     assert meta["name"] == "dlrsd" and meta["classes"] == list(CLASSES)
     assert meta["splits"] == {"all": 6, "train": 3, "val": 3}
     assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
     assert meta["source"]["kind"] == "raw"
-    _check_verification(meta, fixture, fixture.expected, exact_paths=True)
+    check_verification(meta, fixture, fixture.expected, CLASSES)
     images = tmp_path / "data" / "dlrsd" / "images"
     assert sorted(p.name for p in images.iterdir()) == sorted(f"{s}.tif" for s in fixture.expected)
     for stem, data in fixture.notes["image_bytes"].items():
@@ -67,11 +41,11 @@ def test_default_is_untiled_and_copies_the_tiffs(cli, tmp_path):
 
 def test_archives(cli, tmp_path):
     fixture = dlrsd.write_raw(tmp_path / "raw", archives=True)
-    _prepare(cli, fixture.src, tmp_path / "data")
+    run_prepare(cli, "dlrsd", fixture.src, tmp_path / "data")
     meta = assert_prepared(tmp_path / "data", "dlrsd", fixture.expected)
     assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
     assert meta["source"]["kind"] == "raw"
-    _check_verification(meta, fixture, fixture.expected, exact_paths=False)
+    check_verification(meta, fixture, fixture.expected, CLASSES)
     images = tmp_path / "data" / "dlrsd" / "images"
     for stem, data in fixture.notes["image_bytes"].items():
         assert (images / f"{stem}.tif").read_bytes() == data, stem
@@ -89,14 +63,15 @@ def test_archives(cli, tmp_path):
 @pytest.mark.parametrize("edge", ["drop", "clamp", "pad"])
 def test_explicit_tiling(cli, tmp_path, edge):
     fixture = dlrsd.write_raw(tmp_path / "raw")
-    _prepare(cli, fixture.src, tmp_path / "data", "--tile", "16", "--stride", "8", "--edge", edge)
+    tiling = ("--tile", "16", "--stride", "8", "--edge", edge)
+    run_prepare(cli, "dlrsd", fixture.src, tmp_path / "data", *tiling)
     tiles = expected_tiles(fixture.expected, 16, 8, edge)
     # 24 px -> starts 0, 8 (every mode); 21 px -> drop 0 / clamp 0, 5 / pad 0, 8
     per_side = {"drop": 1, "clamp": 2, "pad": 2}[edge]
     assert len(tiles) == 4 * 4 + 2 * 2 * per_side
     meta = assert_prepared(tmp_path / "data", "dlrsd", tiles)
     assert meta["tiling"] == {"tile": 16, "stride": 8, "edge": edge}
-    _check_verification(meta, fixture, tiles, exact_paths=True)
+    check_verification(meta, fixture, tiles, CLASSES)
     images = tmp_path / "data" / "dlrsd" / "images"
     assert {p.suffix for p in images.iterdir()} == {".png"}
     if edge == "clamp":

@@ -11,48 +11,22 @@ import numpy as np
 import pytest
 from PIL import Image
 from rawfixtures import isaid
-from rawfixtures.common import IGNORE, assert_prepared, expected_tiles
+from rawfixtures.common import (
+    IGNORE,
+    assert_prepared,
+    check_verification,
+    expected_tiles,
+    run_prepare,
+)
 
 from ovrsisbench.data.native import NATIVE_CLASSES
 
 CLASSES = NATIVE_CLASSES["isaid"]
 
 
-def _histogram(tiles) -> dict[str, int]:
-    counts = np.zeros(256, np.int64)
-    for item in tiles.values():
-        counts += np.bincount(item.label.ravel(), minlength=256)
-    hist = {name: int(counts[i]) for i, name in enumerate(CLASSES) if counts[i]}
-    if counts[IGNORE]:
-        hist["unlabelled"] = int(counts[IGNORE])
-    return hist
-
-
-def _check_verification(meta: dict, fixture, tiles, *, exact_paths: bool) -> None:
-    verification = meta["verification"]
-    assert verification["unmatched_pixels"] == fixture.unmatched > 0
-    pixels = verification["pixels"]
-    assert set(pixels) <= {*CLASSES, "unlabelled"}
-    assert {name: n for name, n in pixels.items() if n} == _histogram(tiles)
-    want = {e.source_label: e.unmatched for e in fixture.expected.values() if e.unmatched}
-    by_file = verification["unmatched_by_file"]
-    if exact_paths:
-        assert by_file == want
-    else:  # inside an archive: the key format is the converter's; the file names are unique
-        assert {PurePosixPath(k).name: n for k, n in by_file.items()} == {
-            PurePosixPath(k).name: n for k, n in want.items()
-        }
-    assert verification["bad_inputs"] == []
-
-
-def _prepare(cli, src: Path, root: Path, *args: str) -> None:
-    result = cli("prepare", "isaid", "--src", src, "--data-root", root, *args)
-    assert result.code == 0, result.err
-
-
 def test_small_tiles_with_edge_clamp(cli, tmp_path):
     fixture = isaid.write_raw(tmp_path / "raw")
-    _prepare(cli, fixture.src, tmp_path / "data", "--tile", "32", "--stride", "16")
+    run_prepare(cli, "isaid", fixture.src, tmp_path / "data", "--tile", "32", "--stride", "16")
     tiles = expected_tiles(fixture.expected, 32, 16, "clamp")
     # P0000 50x70: rows 0,16,18 x cols 0,16,32,38; P0001 20x30: one padded window;
     # P0002 24x64: row 0 (padded) x cols 0,16,32; P0003 45x33: rows 0,13 x cols 0,1
@@ -63,27 +37,27 @@ def test_small_tiles_with_edge_clamp(cli, tmp_path):
     assert meta["splits"] == {"all": 20, "train": 16, "val": 4}
     assert meta["tiling"] == {"tile": 32, "stride": 16, "edge": "clamp"}
     assert meta["source"]["kind"] == "raw"
-    _check_verification(meta, fixture, tiles, exact_paths=True)
+    check_verification(meta, fixture, tiles, CLASSES)
 
 
 def test_default_tiling_gives_one_padded_window_per_small_image(cli, tmp_path):
     fixture = isaid.write_raw(tmp_path / "raw", archives=True)
-    _prepare(cli, fixture.src, tmp_path / "data")
+    run_prepare(cli, "isaid", fixture.src, tmp_path / "data")
     tiles = expected_tiles(fixture.expected, 896, 512, "clamp")
     assert sorted(tiles) == [f"{stem}_0_896_0_896" for stem in sorted(fixture.expected)]
     meta = assert_prepared(tmp_path / "data", "isaid", tiles)
     assert meta["tiling"] == {"tile": 896, "stride": 512, "edge": "clamp"}
-    _check_verification(meta, fixture, tiles, exact_paths=False)
+    check_verification(meta, fixture, tiles, CLASSES)
 
 
 def test_archives_untiled(cli, tmp_path):
     fixture = isaid.write_raw(tmp_path / "raw", archives=True)
-    _prepare(cli, fixture.src, tmp_path / "data", "--tile", "0")
+    run_prepare(cli, "isaid", fixture.src, tmp_path / "data", "--tile", "0")
     meta = assert_prepared(tmp_path / "data", "isaid", fixture.expected)
     assert meta["splits"] == {"all": 4, "train": 3, "val": 1}
     assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
     assert meta["source"]["kind"] == "raw"
-    _check_verification(meta, fixture, fixture.expected, exact_paths=False)
+    check_verification(meta, fixture, fixture.expected, CLASSES)
     images = tmp_path / "data" / "isaid" / "images"
     for stem, data in fixture.notes["image_bytes"].items():
         assert (images / f"{stem}.png").read_bytes() == data, stem
@@ -92,10 +66,10 @@ def test_archives_untiled(cli, tmp_path):
 @pytest.mark.parametrize("layout", ["mmseg", "devkit"])
 def test_unpacked_folders_untiled(cli, tmp_path, layout):
     fixture = isaid.write_raw(tmp_path / "raw", layout=layout)
-    _prepare(cli, fixture.src, tmp_path / "data", "--tile", "0")
+    run_prepare(cli, "isaid", fixture.src, tmp_path / "data", "--tile", "0")
     meta = assert_prepared(tmp_path / "data", "isaid", fixture.expected)
     assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
-    _check_verification(meta, fixture, fixture.expected, exact_paths=True)
+    check_verification(meta, fixture, fixture.expected, CLASSES)
     images = tmp_path / "data" / "isaid" / "images"
     assert sorted(p.name for p in images.iterdir()) == [
         f"{s}.png" for s in sorted(fixture.expected)

@@ -10,24 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 from rawfixtures import loveda
-from rawfixtures.common import assert_prepared, expected_tiles
-from rawfixtures.index_png import assert_verification, read_index_png, read_raw, to_native
+from rawfixtures.common import prepare_error, run_prepare
+from rawfixtures.index_png import check_untiled, prepare_tiled, read_index_png, read_raw, to_native
 
 from ovrsisbench.data.native import NATIVE_CLASSES
 
 CLASSES = NATIVE_CLASSES["loveda"]
-UNTILED = {"tile": None, "stride": None, "edge": None}
 SPEC_MD5 = {  # spec section 8 (torchgeo); a synthetic zip never matches
     "Train.zip": "de2b196043ed9b4af1690b3f9a7d558f",
     "Val.zip": "84cae2577468ff0b5386758bb386d31d",
     "Test.zip": "a489be0090465e01fb067795d24e6b47",
 }
-
-
-def _prepare(cli, fixture, data_root, *args):
-    result = cli("prepare", "loveda", "--src", fixture.src, "--data-root", data_root, *args)
-    assert result.code == 0, result.err
-    return result
 
 
 @pytest.mark.parametrize("archives", [False, True])
@@ -65,31 +58,23 @@ def test_fixture_decodes_as_claimed(tmp_path, archives):
         assert list((fixture.src / "Test").rglob("*.png"))
 
 
-def _check_untiled(data_root, fixture, *, archives):
-    meta = assert_prepared(data_root, "loveda", fixture.expected)
-    assert meta["classes"] == list(CLASSES)
-    assert meta["tiling"] == UNTILED
-    assert meta["source"]["kind"] == "raw"
-    assert_verification(meta, fixture, fixture.expected, CLASSES, archives=archives)
+def _check_untiled(data_root, fixture) -> dict:
+    """PNG bytes copied; no-data (0) is a class, not "unlabelled"."""
+    meta = check_untiled(data_root, "loveda", fixture, CLASSES)
     assert meta["verification"]["pixels"]["no-data"] > 0
-    images = data_root / "loveda" / "images"
-    names = fixture.notes["image_name"]
-    assert sorted(path.name for path in images.iterdir()) == sorted(names.values())
-    for stem, name in names.items():  # PNG bytes copied
-        assert (images / name).read_bytes() == fixture.notes["image_bytes"][stem]
     return meta
 
 
 def test_prepare_folders_default_untiled(cli, tmp_path):
     fixture = loveda.write_raw(tmp_path / "raw")
-    _prepare(cli, fixture, tmp_path / "data")
-    _check_untiled(tmp_path / "data", fixture, archives=False)
+    run_prepare(cli, "loveda", fixture.src, tmp_path / "data")
+    _check_untiled(tmp_path / "data", fixture)
 
 
 def test_prepare_zips_with_checksums(cli, tmp_path):
     fixture = loveda.write_raw(tmp_path / "raw", archives=True)
-    _prepare(cli, fixture, tmp_path / "data")
-    meta = _check_untiled(tmp_path / "data", fixture, archives=True)
+    run_prepare(cli, "loveda", fixture.src, tmp_path / "data")
+    meta = _check_untiled(tmp_path / "data", fixture)
     entries = {entry["file"]: entry for entry in meta["checksums"]}
     # Train.zip and Val.zip are read, so they must be listed; Test.zip (unlabelled, not read)
     # may be listed or not, but if it is, its entry must be right as well.
@@ -102,15 +87,8 @@ def test_prepare_zips_with_checksums(cli, tmp_path):
 
 def test_prepare_tiled_drop(cli, tmp_path):
     fixture = loveda.write_raw(tmp_path / "raw")
-    data_root = tmp_path / "data"
-    _prepare(cli, fixture, data_root, "--tile", "32", "--stride", "24", "--edge", "drop")
-    tiles = expected_tiles(fixture.expected, 32, 24, "drop")
+    tiles = prepare_tiled(cli, "loveda", fixture, tmp_path / "data", CLASSES, 32, 24, "drop")
     assert len(tiles) == 10  # 48x40: 1, 36x52: 1, 64x64: 4, 40x72: 2, 56x33: 2
-    meta = assert_prepared(data_root, "loveda", tiles)
-    assert meta["tiling"] == {"tile": 32, "stride": 24, "edge": "drop"}
-    images = sorted((data_root / "loveda" / "images").iterdir())
-    assert len(images) == len(tiles) and {path.suffix for path in images} == {".png"}
-    assert_verification(meta, fixture, tiles, CLASSES)
 
 
 @pytest.mark.parametrize(
@@ -124,11 +102,6 @@ def test_prepare_rejects_colliding_ids(cli, tmp_path, source, target):
     for folder in ("images_png", "masks_png"):
         into = fixture.src.joinpath(*target, folder)
         shutil.copy(fixture.src.joinpath(*source, folder, "10.png"), into / "10.png")
-    data_root = tmp_path / "data"
-    result = cli("prepare", "loveda", "--src", fixture.src, "--data-root", data_root)
-    assert result.code == 2
-    line = result.err.strip().splitlines()[-1]
-    assert line.startswith("error:")
+    line = prepare_error(cli, "loveda", fixture.src, tmp_path / "data")
     for top, area in (source, target):
         assert re.search(rf"{top}/{area}/(images|masks)_png/10\.png", line), line
-    assert not (data_root / "loveda" / "meta.json").exists()

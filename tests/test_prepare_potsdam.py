@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-from rawfixtures.common import IGNORE, assert_prepared, expected_tiles
+from rawfixtures.common import assert_prepared, check_verification, expected_tiles, run_prepare
 from rawfixtures.isprs import (
     ISPRS_COLOURS,
     POTSDAM_CRS,
@@ -24,43 +23,6 @@ CLASSES = NATIVE_CLASSES["potsdam"]
 def raw(tmp_path_factory):
     """The extracted download with full labels (read only: shared by the tests)."""
     return write_potsdam_raw(tmp_path_factory.mktemp("potsdam_raw"))
-
-
-def _prepare(cli, fixture, data_root: Path, *args: str) -> None:
-    result = cli("prepare", "potsdam", "--src", fixture.src, "--data-root", data_root, *args)
-    assert result.code == 0, result.err
-
-
-def _zipped_keys(by_file: dict, want: dict) -> dict:
-    """Map keys naming zip members (``<zip>...<member>``) onto the fixture's ``<zip>/<member>``."""
-    out = {}
-    for key, count in by_file.items():
-        hits = [
-            path
-            for path in want
-            if path.split(".zip/")[0] + ".zip" in key and key.endswith(path.split(".zip/")[1])
-        ]
-        assert len(hits) == 1, f"unmatched_by_file key {key!r} names no expected label file"
-        out[hits[0]] = count
-    return out
-
-
-def _check_verification(meta: dict, tiles: dict, fixture, *, zipped: bool = False) -> None:
-    verification = meta["verification"]
-    counts = np.zeros(256, np.int64)
-    for item in tiles.values():
-        counts += np.bincount(item.label.ravel(), minlength=256)
-    assert counts[len(CLASSES) : IGNORE].sum() == 0
-    want = {name: int(counts[i]) for i, name in enumerate(CLASSES)}
-    want["unlabelled"] = int(counts[IGNORE])
-    pixels = verification["pixels"]
-    assert set(pixels) <= set(want)
-    assert {name: pixels.get(name, 0) for name in want} == want
-    assert verification["unmatched_pixels"] == fixture.unmatched
-    files = {e.source_label: e.unmatched for e in fixture.expected.values() if e.unmatched}
-    by_file = verification["unmatched_by_file"]
-    assert (_zipped_keys(by_file, files) if zipped else by_file) == files
-    assert verification["bad_inputs"] == []
 
 
 # --- the fixture itself ----------------------------------------------------------------------
@@ -126,7 +88,7 @@ def test_fixture_files_decode_to_the_expected_arrays(tmp_path, labels):
 
 
 def test_prepare_tile_32_drop(cli, raw, tmp_path):
-    _prepare(cli, raw, tmp_path, "--tile", "32")
+    run_prepare(cli, "potsdam", raw.src, tmp_path, "--tile", "32")
     tiles = expected_tiles(raw.expected, 32, 32, "drop")
     sizes = [e.label.shape for e in raw.expected.values()]
     assert len(tiles) == sum((h // 32) * (w // 32) for h, w in sizes) == 12
@@ -136,47 +98,51 @@ def test_prepare_tile_32_drop(cli, raw, tmp_path):
     assert meta["classes"] == list(CLASSES)
     assert meta["tiling"] == {"tile": 32, "stride": 32, "edge": "drop"}
     assert meta["source"]["kind"] == "raw"
-    _check_verification(meta, tiles, raw)
+    check_verification(meta, raw, tiles, CLASSES)
 
 
 def test_prepare_stride_24_clamp(cli, raw, tmp_path):
-    _prepare(cli, raw, tmp_path, "--tile", "32", "--stride", "24", "--edge", "clamp")
+    run_prepare(
+        cli, "potsdam", raw.src, tmp_path, "--tile", "32", "--stride", "24", "--edge", "clamp"
+    )
     tiles = expected_tiles(raw.expected, 32, 24, "clamp")
     assert len(tiles) == 3 * 4 + 3 * 3 + 3 * 3
     assert "top_potsdam_2_10_38_70_58_90" in tiles  # the border-aligned last window
     meta = assert_prepared(tmp_path, "potsdam", tiles)
     assert meta["tiling"] == {"tile": 32, "stride": 24, "edge": "clamp"}
-    _check_verification(meta, tiles, raw)
+    check_verification(meta, raw, tiles, CLASSES)
 
 
 def test_prepare_from_the_official_zips(cli, tmp_path):
     fixture = write_potsdam_raw(tmp_path / "raw", archives=True)
     assert not any(p.is_dir() for p in fixture.src.iterdir())
-    _prepare(cli, fixture, tmp_path / "data", "--tile", "40", "--edge", "pad")
+    run_prepare(cli, "potsdam", fixture.src, tmp_path / "data", "--tile", "40", "--edge", "pad")
     tiles = expected_tiles(fixture.expected, 40, 40, "pad")
     assert len(tiles) == 2 * 3 + 2 * 2 + 2 * 2
     meta = assert_prepared(tmp_path / "data", "potsdam", tiles)
     assert meta["tiling"] == {"tile": 40, "stride": 40, "edge": "pad"}
     assert meta["source"]["kind"] == "raw"
-    _check_verification(meta, tiles, fixture, zipped=True)
+    check_verification(meta, fixture, tiles, CLASSES)
 
 
 def test_prepare_eroded_labels(cli, tmp_path):
     fixture = write_potsdam_raw(tmp_path / "raw", labels="eroded")
-    _prepare(cli, fixture, tmp_path / "data", "--tile", "32", "-o", "labels=eroded")
+    run_prepare(
+        cli, "potsdam", fixture.src, tmp_path / "data", "--tile", "32", "-o", "labels=eroded"
+    )
     tiles = expected_tiles(fixture.expected, 32, 32, "drop")
     meta = assert_prepared(tmp_path / "data", "potsdam", tiles)
-    _check_verification(meta, tiles, fixture)
+    check_verification(meta, fixture, tiles, CLASSES)
     assert all("_noBoundary" in key for key in meta["verification"]["unmatched_by_file"])
 
 
 def test_prepare_untiled_keeps_the_geotiff_bytes(cli, raw, tmp_path):
     from ovrsisbench.data.layout import open_dataset
 
-    _prepare(cli, raw, tmp_path, "--tile", "0")
+    run_prepare(cli, "potsdam", raw.src, tmp_path, "--tile", "0")
     meta = assert_prepared(tmp_path, "potsdam", raw.expected)
     assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
-    _check_verification(meta, raw.expected, raw)
+    check_verification(meta, raw, raw.expected, CLASSES)
     dataset = open_dataset(tmp_path, "potsdam")
     for base in raw.expected:
         path = dataset.image_path(base)
@@ -189,7 +155,6 @@ def test_prepare_without_the_chosen_labels_is_a_user_error(cli, tmp_path):
     for path in (fixture.src / "5_Labels_all_noBoundary").iterdir():
         path.unlink()
     (fixture.src / "5_Labels_all_noBoundary").rmdir()
-    args = ["--src", fixture.src, "--data-root", tmp_path / "data", "-o", "labels=eroded"]
-    result = cli("prepare", "potsdam", *args)
-    assert result.code == 2
+    data = tmp_path / "data"
+    result = run_prepare(cli, "potsdam", fixture.src, data, "-o", "labels=eroded", code=2)
     assert result.err.startswith("error:") and result.err.count("\n") <= 1

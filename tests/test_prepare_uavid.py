@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from rawfixtures.common import IGNORE, assert_prepared, expected_tiles
+from rawfixtures.common import assert_prepared, check_verification, expected_tiles, run_prepare
 from rawfixtures.uavid import RELEASE, UAVID_COLOURS, decode_uavid, write_raw
 
 from ovrsisbench.data.native import NATIVE_CLASSES
@@ -28,43 +27,6 @@ STEMS = [
 def raw(tmp_path_factory):
     """The extracted download, not nested (read only: shared by the tests)."""
     return write_raw(tmp_path_factory.mktemp("uavid_raw"))
-
-
-def _prepare(cli, fixture, data_root: Path, *args: str) -> None:
-    result = cli("prepare", "uavid", "--src", fixture.src, "--data-root", data_root, *args)
-    assert result.code == 0, result.err
-
-
-def _zipped_keys(by_file: dict, want: dict) -> dict:
-    """Map keys naming zip members (``<zip>...<member>``) onto the fixture's ``<zip>/<member>``."""
-    out = {}
-    for key, count in by_file.items():
-        hits = [
-            path
-            for path in want
-            if path.split(".zip/")[0] + ".zip" in key and key.endswith(path.split(".zip/")[1])
-        ]
-        assert len(hits) == 1, f"unmatched_by_file key {key!r} names no expected label file"
-        out[hits[0]] = count
-    return out
-
-
-def _check_verification(meta: dict, tiles: dict, fixture, *, zipped: bool = False) -> None:
-    verification = meta["verification"]
-    counts = np.zeros(256, np.int64)
-    for item in tiles.values():
-        counts += np.bincount(item.label.ravel(), minlength=256)
-    assert counts[len(CLASSES) : IGNORE].sum() == 0
-    want = {name: int(counts[i]) for i, name in enumerate(CLASSES)}
-    want["unlabelled"] = int(counts[IGNORE])
-    pixels = verification["pixels"]
-    assert set(pixels) <= set(want)
-    assert {name: pixels.get(name, 0) for name in want} == want
-    assert verification["unmatched_pixels"] == fixture.unmatched
-    files = {e.source_label: e.unmatched for e in fixture.expected.values() if e.unmatched}
-    by_file = verification["unmatched_by_file"]
-    assert (_zipped_keys(by_file, files) if zipped else by_file) == files
-    assert verification["bad_inputs"] == []
 
 
 def _image_source(fixture, stem: str) -> str:
@@ -124,13 +86,13 @@ def test_fixture_files_decode_to_the_expected_arrays(tmp_path):
 def test_prepare_default_keeps_whole_frames(cli, raw, tmp_path):
     from ovrsisbench.data.layout import open_dataset
 
-    _prepare(cli, raw, tmp_path)
+    run_prepare(cli, "uavid", raw.src, tmp_path)
     meta = assert_prepared(tmp_path, "uavid", raw.expected)
     assert meta["classes"] == list(CLASSES)
     assert meta["splits"] == {"all": 6, "train": 4, "val": 2}
     assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
     assert meta["source"]["kind"] == "raw"
-    _check_verification(meta, raw.expected, raw)
+    check_verification(meta, raw, raw.expected, CLASSES)
     dataset = open_dataset(tmp_path, "uavid")
     for stem in STEMS:
         path = dataset.image_path(stem)
@@ -140,18 +102,19 @@ def test_prepare_default_keeps_whole_frames(cli, raw, tmp_path):
 
 def test_prepare_from_the_release_zip(cli, tmp_path):
     fixture = write_raw(tmp_path / "raw", archives=True)
-    _prepare(cli, fixture, tmp_path / "data")
+    run_prepare(cli, "uavid", fixture.src, tmp_path / "data")
     meta = assert_prepared(tmp_path / "data", "uavid", fixture.expected)
     assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
-    _check_verification(meta, fixture.expected, fixture, zipped=True)
+    check_verification(meta, fixture, fixture.expected, CLASSES)
 
 
 def test_prepare_nested_folder_tile_32_stride_24_clamp(cli, tmp_path):
     fixture = write_raw(tmp_path / "raw", nested=True)
-    _prepare(cli, fixture, tmp_path / "data", "--tile", "32", "--stride", "24", "--edge", "clamp")
+    tiling = ("--tile", "32", "--stride", "24", "--edge", "clamp")
+    run_prepare(cli, "uavid", fixture.src, tmp_path / "data", *tiling)
     tiles = expected_tiles(fixture.expected, 32, 24, "clamp")
     assert len(tiles) == 2 * (3 * 3) + 2 * (2 * 3) + 2 * (2 * 3)
     assert "train_seq2_000100_16_48_40_72" in tiles  # border-aligned last window
     meta = assert_prepared(tmp_path / "data", "uavid", tiles)
     assert meta["tiling"] == {"tile": 32, "stride": 24, "edge": "clamp"}
-    _check_verification(meta, tiles, fixture)
+    check_verification(meta, fixture, tiles, CLASSES)

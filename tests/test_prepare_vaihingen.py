@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rawfixtures.common import IGNORE, assert_prepared, expected_tiles
+from rawfixtures.common import assert_prepared, check_verification, expected_tiles, run_prepare
 from rawfixtures.isprs import (
     ISPRS_COLOURS,
     VAIHINGEN_ERODED_ZIP,
@@ -34,43 +34,6 @@ SPEC_MD5 = {
 def raw(tmp_path_factory):
     """The extracted download with the full COMPLETE labels (read only: shared by the tests)."""
     return write_vaihingen_raw(tmp_path_factory.mktemp("vaihingen_raw"))
-
-
-def _prepare(cli, fixture, data_root: Path, *args: str) -> None:
-    result = cli("prepare", "vaihingen", "--src", fixture.src, "--data-root", data_root, *args)
-    assert result.code == 0, result.err
-
-
-def _zipped_keys(by_file: dict, want: dict) -> dict:
-    """Map keys naming zip members (``<zip>...<member>``) onto the fixture's ``<zip>/<member>``."""
-    out = {}
-    for key, count in by_file.items():
-        hits = [
-            path
-            for path in want
-            if path.split(".zip/")[0] + ".zip" in key and key.endswith(path.split(".zip/")[1])
-        ]
-        assert len(hits) == 1, f"unmatched_by_file key {key!r} names no expected label file"
-        out[hits[0]] = count
-    return out
-
-
-def _check_verification(meta: dict, tiles: dict, fixture, *, zipped: bool = False) -> None:
-    verification = meta["verification"]
-    counts = np.zeros(256, np.int64)
-    for item in tiles.values():
-        counts += np.bincount(item.label.ravel(), minlength=256)
-    assert counts[len(CLASSES) : IGNORE].sum() == 0
-    want = {name: int(counts[i]) for i, name in enumerate(CLASSES)}
-    want["unlabelled"] = int(counts[IGNORE])
-    pixels = verification["pixels"]
-    assert set(pixels) <= set(want)
-    assert {name: pixels.get(name, 0) for name in want} == want
-    assert verification["unmatched_pixels"] == fixture.unmatched
-    files = {e.source_label: e.unmatched for e in fixture.expected.values() if e.unmatched}
-    by_file = verification["unmatched_by_file"]
-    assert (_zipped_keys(by_file, files) if zipped else by_file) == files
-    assert verification["bad_inputs"] == []
 
 
 def _check_bands(meta: dict, data_root: Path) -> None:
@@ -143,7 +106,7 @@ def test_fixture_files_decode_to_the_expected_arrays(tmp_path, labels):
 
 
 def test_prepare_tile_32_drop_keeps_the_irrg_bands(cli, raw, tmp_path):
-    _prepare(cli, raw, tmp_path, "--tile", "32")
+    run_prepare(cli, "vaihingen", raw.src, tmp_path, "--tile", "32")
     tiles = expected_tiles(raw.expected, 32, 32, "drop")
     sizes = [e.label.shape for e in raw.expected.values()]
     assert len(tiles) == sum((h // 32) * (w // 32) for h, w in sizes) == 2 + 2 + 4
@@ -152,18 +115,19 @@ def test_prepare_tile_32_drop_keeps_the_irrg_bands(cli, raw, tmp_path):
     assert meta["tiling"] == {"tile": 32, "stride": 32, "edge": "drop"}
     assert meta["source"]["kind"] == "raw"
     assert not meta.get("checksums")  # no archives were given
-    _check_verification(meta, tiles, raw)
+    check_verification(meta, raw, tiles, CLASSES)
     _check_bands(meta, tmp_path)
 
 
 def test_prepare_from_the_official_zips_records_checksums(cli, tmp_path):
     fixture = write_vaihingen_raw(tmp_path / "raw", archives=True)
-    _prepare(cli, fixture, tmp_path / "data", "--tile", "32", "--stride", "20", "--edge", "pad")
+    tiling = ("--tile", "32", "--stride", "20", "--edge", "pad")
+    run_prepare(cli, "vaihingen", fixture.src, tmp_path / "data", *tiling)
     tiles = expected_tiles(fixture.expected, 32, 20, "pad")
     assert len(tiles) == 3 * 3 + 3 * 4 + 4 * 3
     meta = assert_prepared(tmp_path / "data", "vaihingen", tiles)
     assert meta["tiling"] == {"tile": 32, "stride": 20, "edge": "pad"}
-    _check_verification(meta, tiles, fixture, zipped=True)
+    check_verification(meta, fixture, tiles, CLASSES)
     _check_bands(meta, tmp_path / "data")
     checksums = {Path(entry["file"]).name: entry for entry in meta["checksums"]}
     for name, md5 in SPEC_MD5.items():
@@ -175,10 +139,12 @@ def test_prepare_eroded_labels_untiled(cli, tmp_path):
     from ovrsisbench.data.layout import open_dataset
 
     fixture = write_vaihingen_raw(tmp_path / "raw", labels="eroded")
-    _prepare(cli, fixture, tmp_path / "data", "--tile", "0", "-o", "labels=eroded")
+    run_prepare(
+        cli, "vaihingen", fixture.src, tmp_path / "data", "--tile", "0", "-o", "labels=eroded"
+    )
     meta = assert_prepared(tmp_path / "data", "vaihingen", fixture.expected)
     assert meta["tiling"] == {"tile": None, "stride": None, "edge": None}
-    _check_verification(meta, fixture.expected, fixture)
+    check_verification(meta, fixture, fixture.expected, CLASSES)
     assert all("_noBoundary" in key for key in meta["verification"]["unmatched_by_file"])
     _check_bands(meta, tmp_path / "data")
     dataset = open_dataset(tmp_path / "data", "vaihingen")

@@ -1,4 +1,7 @@
-"""What a prepared dataset must contain, and a check of a prepared folder against it.
+"""What a prepared dataset must contain, and the checks of a prepared folder against it.
+
+Also the one ``prepare`` call every converter test uses (``run_prepare``, ``prepare_error``) and
+the one check of ``meta["verification"]`` (``check_verification``, ``check_pixels``).
 
 The tiling here is an independent, deliberately plain re-statement of the rules documented in the
 README (``drop``, ``clamp``, ``pad``), used as the test oracle for the converters.
@@ -23,7 +26,7 @@ class ExpectedImage:
     label: np.ndarray  # (H, W) uint8 native ids, 255 = unlabelled / off-palette
     split: str | None  # official split of the source image (None: only in "all")
     unmatched: int = 0  # pixels whose raw value/colour is in no palette (must be counted)
-    source_label: str = ""  # path of the raw label file relative to the fixture root
+    source_label: str = ""  # raw label path under the fixture root; in a zip "<zip>/<member>"
 
 
 @dataclass
@@ -95,3 +98,55 @@ def assert_prepared(data_root: Path, name: str, expected: dict[str, ExpectedImag
         **{s: sum(item.split == s for item in expected.values()) for s in splits},
     }
     return meta
+
+
+def check_pixels(meta: dict, tiles: dict[str, ExpectedImage], classes) -> None:
+    """``meta["verification"]["pixels"]`` counts every class name (and "unlabelled") of ``tiles``.
+
+    Names with no pixels may be left out or listed as 0; any other name is an error.
+    """
+    counts = np.zeros(256, np.int64)
+    for item in tiles.values():
+        counts += np.bincount(item.label.ravel(), minlength=256)
+    assert counts[len(classes) : IGNORE].sum() == 0  # the oracle itself holds only ids and 255
+    want = {name: int(counts[index]) for index, name in enumerate(classes)}
+    want["unlabelled"] = int(counts[IGNORE])
+    pixels = meta["verification"]["pixels"]
+    assert set(pixels) <= set(want), pixels
+    assert {k: v for k, v in pixels.items() if v} == {k: v for k, v in want.items() if v}
+
+
+def check_verification(
+    meta: dict, fixture: RawFixture, tiles: dict[str, ExpectedImage], classes
+) -> None:
+    """Check ``meta["verification"]`` against the raw fixture and the expected ``tiles``.
+
+    The fixture must have unmatched pixels (so that counting them is tested). Each
+    ``unmatched_by_file`` key must be the fixture's ``source_label`` to the letter: the label's
+    path under ``--src`` with archives read as folders (``<zip>/<member>``, e.g.
+    ``5_Labels_all.zip/5_Labels_all/top_potsdam_2_10_label.tif``).
+    """
+    verification = meta["verification"]
+    assert verification["unmatched_pixels"] == fixture.unmatched > 0
+    want = {e.source_label: e.unmatched for e in fixture.expected.values() if e.unmatched}
+    assert verification["unmatched_by_file"] == want
+    assert verification["bad_inputs"] == []
+    check_pixels(meta, tiles, classes)
+
+
+def run_prepare(cli, dataset: str, src: Path, data_root: Path, *args, code: int = 0):
+    """``ovrsisbench prepare <dataset> --src <src> --data-root <data_root> <args>``; check its exit
+    code (0 unless ``code`` says otherwise) and return the CLI result."""
+    result = cli("prepare", dataset, "--src", src, "--data-root", data_root, *args)
+    assert result.code == code, result.err
+    return result
+
+
+def prepare_error(cli, dataset: str, src: Path, data_root: Path, *args) -> str:
+    """A ``prepare`` that must stop with a user error: exit code 2, the last line of stderr an
+    ``error:`` line (returned), and no ``meta.json`` written."""
+    result = run_prepare(cli, dataset, src, data_root, *args, code=2)
+    line = result.err.strip().splitlines()[-1]
+    assert line.startswith("error:")
+    assert not (Path(data_root) / dataset / "meta.json").exists()
+    return line

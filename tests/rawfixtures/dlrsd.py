@@ -6,7 +6,8 @@ Layout (``archives=False``)::
     DLRSD/Images/<scene>/<scene>NN.png                label: mode L or P (values 0..17) or RGB
 
 ``archives=True`` packs ``UCMerced_LandUse/`` into ``UCMerced_LandUse.zip`` and ``DLRSD/`` into
-``DLRSD.zip`` (members keep the top folder, as the official UCM zip does) and removes the folders.
+``DLRSD.zip`` (members keep the top folder, as the official UCM zip does) and removes the folders;
+``source_label`` is then the logical path ``DLRSD.zip/DLRSD/Images/<scene>/<scene>NN.png``.
 
 Label rules (spec section 2, lead's conventions): index value 0 -> 255 (unlabelled, not counted),
 1..17 -> value - 1, any other value -> 255 counted unmatched; an RGB label maps the DLRSD palette
@@ -171,4 +172,6 @@ def write_raw(root: Path, *, archives: bool = False) -> RawFixture:
         _zip_folder(root, "UCMerced_LandUse", IMAGES_ZIP)
         _zip_folder(root, "DLRSD", LABELS_ZIP)
         notes["label_archive"] = LABELS_ZIP
+        for item in expected.values():  # DLRSD/Images/... -> DLRSD.zip/DLRSD/Images/...
+            item.source_label = f"{LABELS_ZIP}/{item.source_label}"
     return RawFixture(root, expected, notes)

@@ -288,36 +288,18 @@ def write_potsdam_raw(root: Path, *, archives: bool = False, labels: str = "full
         dsm = rng.normal(35.0, 4.0, size=size[:2]).astype(np.float32)
         variants = _isprs_labels(rng, tile)
 
-        ortho = _geotiff(image, transform, crs=POTSDAM_CRS)
-        out.add("2_Ortho_RGB.zip", "", f"2_Ortho_RGB/{base}_RGB.tif", ortho)
-        out.add("2_Ortho_RGB.zip", "", f"2_Ortho_RGB/{base}_RGB.tfw", _world_file(transform))
-        out.add(
-            "3_Ortho_IRRG.zip",
-            "",
-            f"3_Ortho_IRRG/{base}_IRRG.tif",
-            _geotiff(irrg, transform, crs=POTSDAM_CRS),
-        )
-        out.add("3_Ortho_IRRG.zip", "", f"3_Ortho_IRRG/{base}_IRRG.tfw", _world_file(transform))
-        out.add(
-            "1_DSM.zip",
-            "",
-            f"1_DSM/dsm_potsdam_{int(row):02d}_{int(col):02d}.tif",
-            _geotiff(dsm, transform, crs=POTSDAM_CRS),
-        )
-        paths = {
-            "full": out.add(
-                "5_Labels_all.zip",
-                "5_Labels_all",
-                f"{base}_label.tif",
-                _geotiff(variants["full"][0], transform, crs=POTSDAM_CRS, compress="lzw"),
-            ),
-            "eroded": out.add(
-                "5_Labels_all_noBoundary.zip",
-                "5_Labels_all_noBoundary",
-                f"{base}_label_noBoundary.tif",
-                _geotiff(variants["eroded"][0], transform, crs=POTSDAM_CRS, compress="lzw"),
-            ),
-        }
+        world = _world_file(transform)
+        for folder, kind, array in (("2_Ortho_RGB", "RGB", image), ("3_Ortho_IRRG", "IRRG", irrg)):
+            tif = _geotiff(array, transform, crs=POTSDAM_CRS)
+            out.add(f"{folder}.zip", "", f"{folder}/{base}_{kind}.tif", tif)
+            out.add(f"{folder}.zip", "", f"{folder}/{base}_{kind}.tfw", world)
+        dsm_name = f"1_DSM/dsm_potsdam_{int(row):02d}_{int(col):02d}.tif"
+        out.add("1_DSM.zip", "", dsm_name, _geotiff(dsm, transform, crs=POTSDAM_CRS))
+        paths = {}  # both label variants: 5_Labels_all{,_noBoundary}(.zip)/<base>_label{,...}.tif
+        for variant, suffix in (("full", ""), ("eroded", "_noBoundary")):
+            rgb = _geotiff(variants[variant][0], transform, crs=POTSDAM_CRS, compress="lzw")
+            folder = f"5_Labels_all{suffix}"
+            paths[variant] = out.add(f"{folder}.zip", folder, f"{base}_label{suffix}.tif", rgb)
         split = _split(tile.tile_id, POTSDAM_TRAIN, POTSDAM_VAL)
         if split == "train":  # the participants' subset: same names, other (wrong) content
             wrong = ISPRS_COLOURS[(decode_isprs(variants["full"][0])[0] % 6 + 1) % 6]

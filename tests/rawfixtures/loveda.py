@@ -10,17 +10,17 @@ any other unknown value) become 255 and are counted. Images are RGB PNGs; untile
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .common import ExpectedImage, RawFixture
 from .index_png import (
+    Written,
     add_invalid,
     label_map,
-    pack_zip,
     random_image,
+    write_download,
     write_index_png,
     write_png_rgb,
 )
@@ -40,7 +40,7 @@ FILES = [
 TEST_FILES = [("Urban", "4500", 32, 32), ("Rural", "5500", 40, 24)]
 
 
-def _write(base: Path) -> tuple[dict[str, ExpectedImage], dict[str, bytes]]:
+def _write(base: Path) -> Written:
     rng = np.random.default_rng(8)
     expected: dict[str, ExpectedImage] = {}
     image_bytes: dict[str, bytes] = {}
@@ -64,17 +64,5 @@ def _write(base: Path) -> tuple[dict[str, ExpectedImage], dict[str, bytes]]:
 
 def write_raw(root: Path, *, archives: bool = False) -> RawFixture:
     """Write the fixture under ``root`` (``archives``: as Train.zip, Val.zip and Test.zip)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    if not archives:
-        expected, image_bytes = _write(root)
-    else:
-        with tempfile.TemporaryDirectory() as staging:
-            expected, image_bytes = _write(Path(staging))
-            for name in ARCHIVES:
-                top = name.removesuffix(".zip")
-                pack_zip(root / name, Path(staging) / top, top)
-        for item in expected.values():
-            item.source_label = f"{item.source_label.split('/')[0]}.zip/{item.source_label}"
-    notes = {"image_name": {stem: f"{stem}.png" for stem in expected}, "image_bytes": image_bytes}
-    return RawFixture(root, expected, notes)
+    prefixes = {name.removesuffix(".zip"): name.removesuffix(".zip") for name in ARCHIVES}
+    return write_download(root, _write, archives=archives, prefixes=prefixes, image_suffix=".png")
