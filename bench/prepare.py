@@ -5,7 +5,7 @@ ratio >= 0.7).
 The inputs are generated ISPRS Potsdam tiles in the raw official layout (2_Ortho_RGB/ GeoTIFFs
 and 5_Labels_all/ RGB colour labels). The floor reads both TIFFs with the same reader and writes
 every image tile and a label tile (cut from the label's first band: no palette decoding) with the
-same PNG writer, in a process pool made the way the engine makes it (one source tile per task;
+same PNG writer, in the engine's process pool (`make_pool`, one source tile per task;
 none for 1 worker, as the engine). Everything else prepare does is the overhead: the palette
 decoding, label checks, the label round trip, histograms, the journal, the verification pass
 and meta.json. Every run starts its own pool (none for 1 worker) after the forkserver is up, and
@@ -23,8 +23,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ from PIL import Image
 from rasterio.transform import from_origin
 from tabulate import tabulate
 
+from ovrsisbench.data.converters.engine import make_pool
 from ovrsisbench.data.converters.isprs import BOUNDARY, PALETTE, PotsdamConverter
 from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.data.layout import read_rgb, write_png
@@ -134,15 +133,6 @@ def write_download(src: Path, count: int, size: int) -> list[tuple[Path, Path]]:
 # --- the two contenders ----------------------------------------------------------------------
 
 
-def _make_pool(workers: int, jobs: int) -> ProcessPoolExecutor | None:
-    """The pool as the engine makes it: min(workers, jobs) processes, forkserver, none for 1."""
-    workers = min(workers, jobs)
-    if workers <= 1:
-        return None
-    method = "forkserver" if os.name == "posix" else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=get_context(method))
-
-
 def floor_one(task: tuple[Path, Path, Path, int]) -> int:
     """Read one source pair and write its tiles: image tiles and first-band label tiles."""
     image_path, label_path, out, tile = task
@@ -161,7 +151,7 @@ def floor_one(task: tuple[Path, Path, Path, int]) -> int:
 
 def floor(pairs: list[tuple[Path, Path]], out: Path, tile: int, workers: int) -> int:
     tasks = [(image, label, out, tile) for image, label in pairs]
-    pool = _make_pool(workers, len(tasks))
+    pool = make_pool(workers, len(tasks))
     if pool is None:
         return sum(map(floor_one, tasks))
     with pool:
@@ -203,7 +193,7 @@ def main() -> None:
         for paths in pairs:  # warm the page cache
             for path in paths:
                 read_rgb(path)
-        warm = _make_pool(2, 2)  # start the forkserver once, outside every timing
+        warm = make_pool(2, 2)  # start the forkserver once, outside every timing
         if warm is not None:
             with warm:
                 list(warm.map(_noop, range(2)))

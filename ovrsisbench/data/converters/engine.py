@@ -249,7 +249,8 @@ def _run_all(
             progress.advance(sizes.pop(future))
 
 
-def _make_pool(workers: int, jobs: int) -> ProcessPoolExecutor | None:
+def make_pool(workers: int, jobs: int) -> ProcessPoolExecutor | None:
+    """min(workers, jobs) worker processes (forkserver on POSIX), or None for one."""
     workers = min(workers, jobs)
     if workers <= 1:
         return None
@@ -589,7 +590,7 @@ def prepare_dataset(
 
 @contextmanager
 def _pool(workers: int, jobs: int) -> Iterator[Executor | None]:
-    pool = _make_pool(workers, jobs)
+    pool = make_pool(workers, jobs)
     if pool is None:
         yield None
         return
