@@ -196,3 +196,14 @@ def test_only_the_wanted_archives_are_extracted(tmp_path):
     settings = PrepareSettings(tile=16, workers=1)
     report = prepare("potsdam", tmp_path / "raw", tmp_path / "data", settings=settings)[0].report
     assert report.meta.source["archives"] == ["Potsdam/2_Ortho_RGB.zip", "Potsdam/5_Labels_all.zip"]
+
+
+@pytest.mark.parametrize("data", ["raw/data", "raw"])
+def test_outputs_inside_the_download_are_not_read_as_inputs(tmp_path, data):
+    """A data root inside --src (or equal to it): the second run is still up to date."""
+    fixture = write_potsdam_raw(tmp_path / "raw")
+    settings = PrepareSettings(tile=16, workers=1)
+    first = prepare("potsdam", fixture.src, tmp_path / data, settings=settings)[0].report
+    again = prepare("potsdam", fixture.src, tmp_path / data, settings=settings)[0].report
+    assert not first.up_to_date and again.up_to_date
+    assert_prepared(tmp_path / data, "potsdam", expected_tiles(fixture.expected, 16))

@@ -324,29 +324,24 @@ def _outputs_exist(out: Path, result: PairResult) -> bool:
 # --- listing the download --------------------------------------------------------------------
 
 
-def _stat_listing(src: Path) -> list:
-    """(relative path, size, mtime_ns) of every file under ``src`` (or of ``src`` itself)."""
-    if src.is_file():
-        stat = src.stat()
-        return [[src.name, stat.st_size, stat.st_mtime_ns]]
-    listing = []
-    for folder, dirs, files in os.walk(src):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(folder, name)
-            stat = path.stat()
-            listing.append([path.relative_to(src).as_posix(), stat.st_size, stat.st_mtime_ns])
-    return listing
-
-
-def _walk(root: Path) -> Iterator[tuple[str, Path]]:
+def _walk(root: Path, skip: frozenset[Path] = frozenset()) -> Iterator[tuple[str, Path]]:
+    """(posix path relative to ``root``, path) of the visible files under ``root``, sorted;
+    the folders in ``skip`` (resolved) are left out."""
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and Path(folder, d).resolve() not in skip
+        )
         for name in sorted(files):
             path = Path(folder, name)
             if name.startswith(".") or not path.is_file():
                 continue
             yield path.relative_to(root).as_posix(), path
+
+
+def _stat_listing(src: Path, skip: frozenset[Path]) -> list:
+    """(relative path, size, mtime_ns) of every file of the download (``src`` itself if a file)."""
+    files = [(src.name, src)] if src.is_file() else _walk(src, skip)
+    return [[relative, (stat := path.stat()).st_size, stat.st_mtime_ns] for relative, path in files]
 
 
 class _Lister:
@@ -377,7 +372,7 @@ class _Lister:
 
 @contextmanager
 def _source_tree(
-    src: Path, converter: Converter, scratch: Path, progress: Progress
+    src: Path, converter: Converter, scratch: Path, progress: Progress, skip: frozenset[Path]
 ) -> Iterator[tuple[SourceTree, list[SourceFile]]]:
     """The download as a SourceTree; extracted archives are removed on the way out."""
     lister = _Lister(converter, scratch, progress)
@@ -389,7 +384,7 @@ def _source_tree(
                 raise UserError(f"--src {src} is a file but not a zip or tar archive")
             lister.add(src.name, src)
         else:
-            for relative, path in _walk(src):
+            for relative, path in _walk(src, skip):
                 lister.add(relative, path)
         yield SourceTree(lister.files), lister.archives
     finally:
@@ -516,13 +511,15 @@ def prepare_dataset(
         "options": converter.options,
         "tiling": tiling.to_json(),
     }
-    fingerprint = _digest([settings, _stat_listing(src)])
+    # outputs are never read as inputs, even when the data root lies inside --src or is it
+    output_folders = frozenset({data_root.resolve(), out.resolve()}) - {src.resolve()}
+    fingerprint = _digest([settings, _stat_listing(src, output_folders)])
     meta = _up_to_date(out, fingerprint)
     if meta is not None:
         return PrepareReport(dataset, meta, up_to_date=True)
 
     scratch = data_root / f".{dataset}.extract"
-    with _source_tree(src, converter, scratch, progress) as (tree, archives):
+    with _source_tree(src, converter, scratch, progress, output_folders) as (tree, archives):
         pairs, orphans = converter.find_pairs(tree)
         if not pairs:
             raise converter.nothing_found(src)
