@@ -221,6 +221,18 @@ def _zip_cases(outside: Path) -> dict[str, tuple[list, str]]:
         "nested-dotdot": ([*safe, ("a/../../escaped_nested.txt", b"evil")], "escaped_nested.txt"),
         "symlink-absolute": ([*safe, zip_symlink("a/passwd_link", "/etc/passwd")], "passwd_link"),
         "symlink-escape": ([*safe, zip_symlink("a/up_link", "../../outside")], "up_link"),
+        # each link alone stays inside; chained, chain_p leads to the parent of dest
+        "symlink-chain": (
+            [
+                *safe,
+                zip_symlink("chain_q", "."),
+                zip_symlink("chain_p", "chain_q/.."),
+                ("chain_p/evil_chain.txt", b"evil"),
+            ],
+            "chain_p",
+        ),
+        "file-as-folder": ([*safe, ("a_file", b"x"), ("a_file/inner.txt", b"y")], "a_file/inner"),
+        "duplicate": ([*safe, ("twice.txt", b"x"), ("twice.txt", b"y")], "twice.txt"),  # warns
     }
 
 
@@ -250,6 +262,19 @@ def _tar_cases(outside: Path) -> dict[str, tuple[list, str]]:
         "char-device": ([*safe, tar_special("a/null_dev", tarfile.CHRTYPE)], "null_dev"),
         "block-device": ([*safe, tar_special("a/disk_dev", tarfile.BLKTYPE)], "disk_dev"),
         "fifo": ([*safe, tar_special("a/pipe_fifo", tarfile.FIFOTYPE)], "pipe_fifo"),
+        "symlink-chain": (
+            [
+                *safe,
+                tar_link("chain_q", "."),
+                tar_link("chain_p", "chain_q/.."),
+                tar_file("chain_p/evil_chain.txt", b"evil"),
+            ],
+            "chain_p",
+        ),
+        "hardlink-to-symlink": (
+            [*safe, tar_link("soft", "a"), tar_link("hard_soft", "soft", tarfile.LNKTYPE)],
+            "hard_soft",
+        ),
     }
 
 
@@ -277,6 +302,7 @@ def outside(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name")
 @pytest.mark.parametrize("case", list(_zip_cases(Path("/x"))))
 def test_malicious_zip_is_rejected_before_extracting(archives, tmp_path, outside, case):
     members, member = _zip_cases(outside)[case]
@@ -400,3 +426,32 @@ def test_prepare_rejects_malicious_raw_zip(cli, tmp_path, monkeypatch, bad, memb
     assert leftovers == []  # no temporary extraction folder left in the data root
     assert not (data_root / "potsdam" / "meta.json").exists()
     assert list(system_tmp.iterdir()) == []
+
+
+def test_a_tar_cut_at_a_member_boundary_is_refused(archives, tmp_path):
+    path = make_tar(tmp_path / "full.tar", _safe_tar_members())
+    with tarfile.open(path) as tf:
+        first = next(m for m in tf.getmembers() if m.isfile())
+    boundary = first.offset_data + -(-first.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(path.read_bytes()[:boundary])  # reads as a complete one-file archive
+    with pytest.raises(DataError, match=r"cut\.tar: the tar archive is cut short"):
+        archives.extract_archive(cut, tmp_path / "dest")
+
+
+def test_a_damaged_compressed_tar_is_refused(archives, tmp_path):
+    path = make_tar(tmp_path / "full.tar.gz", _safe_tar_members())
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0xFF  # the gzip CRC/size trailer
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"full\.tar\.gz: damaged or unsupported archive"):
+        archives.extract_archive(path, tmp_path / "dest")
+
+
+def test_only_wanted_members_are_written_but_all_are_checked(archives, tmp_path):
+    path = make_zip(tmp_path / "a.zip", [("keep/x.txt", b"x"), ("drop/y.txt", b"y")])
+    archives.extract_archive(path, tmp_path / "dest", wanted=lambda name: name.startswith("keep"))
+    assert _tree(tmp_path / "dest") == {"keep/x.txt": b"x"}
+    evil = make_zip(tmp_path / "b.zip", [("keep/x.txt", b"x"), ("../drop.txt", b"y")])
+    with pytest.raises(DataError, match="contains '..'"):
+        archives.extract_archive(evil, tmp_path / "dest2", wanted=lambda n: n.startswith("keep"))

@@ -1,0 +1,173 @@
+"""Converting one source pair and re-reading what was written (this runs in worker processes).
+
+A worker decodes the label, reads the image fully (truncation shows), copies it whole or cuts
+it into tiles, writes every file atomically and proves each label's round trip; the result
+(outputs with their pixel counts, unmatched pixels) goes back to the engine's journal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ovrsisbench.data.archives import file_digest
+from ovrsisbench.data.converters.base import Converter, SourcePair
+from ovrsisbench.data.converters.tiling import Tiling
+from ovrsisbench.data.layout import (
+    IMAGE_SUFFIXES,
+    check_label_values,
+    image_size,
+    open_pil_image,
+    read_rgb,
+    tiff_band_count,
+    write_label,
+    write_png,
+)
+from ovrsisbench.errors import DataError
+from ovrsisbench.io import atomic_copy
+
+
+@dataclass
+class Output:
+    stem: str
+    image: str  # file name in images/
+    split: str | None
+    height: int
+    width: int
+    pixels: dict[str, int]  # label value (as text: JSON keys) -> pixel count
+
+
+@dataclass
+class PairResult:
+    stem: str
+    inputs: list  # [[logical path, size, mtime_ns], ...] of the image and the label
+    label: str  # logical path of the raw label
+    outputs: list[Output] = field(default_factory=list)
+    unmatched: int = 0
+    unmatched_values: dict[str, int] = field(default_factory=dict)
+    snapped: int = 0
+    sha256: dict[str, str] = field(default_factory=dict)
+    bad: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> PairResult:
+        return cls(**{**data, "outputs": [Output(**o) for o in data["outputs"]]})
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    kind: str
+    options: tuple  # sorted (name, value) items, hashable for the converter cache
+    tiling: Tiling
+    out: Path
+    pair: SourcePair
+    inputs: list
+    hash_inputs: bool
+
+
+@lru_cache(maxsize=8)
+def _cached_converter(dataset: str, kind: str, options: tuple) -> Converter:
+    from ovrsisbench.data.converters import get_converter
+
+    return get_converter(dataset, kind, dict(options))
+
+
+def _histogram(label: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(label.ravel(), minlength=256)
+    return {str(value): int(counts[value]) for value in np.flatnonzero(counts)}
+
+
+def _check_same_size(pair: SourcePair, image_hw: tuple, label_hw: tuple) -> None:
+    if tuple(image_hw) != tuple(label_hw):
+        raise DataError(
+            f"{pair.image.real} ({image_hw[0]}x{image_hw[1]}) and its label {pair.label.real} "
+            f"({label_hw[0]}x{label_hw[1]}) differ in size (height x width)"
+        )
+
+
+def _read_image(job: Job) -> np.ndarray:
+    """The source image as (H, W, 3) uint8 in file band order; a TIFF must have exactly the
+    bands the converter declares (e.g. Vaihingen's NIR, R, G), so no extra band goes unnoticed."""
+    path = job.pair.image.real
+    if path.suffix.lower() in (".tif", ".tiff"):
+        bands = _cached_converter(job.dataset, job.kind, job.options).bands
+        count = tiff_band_count(path)
+        if count != len(bands):
+            raise DataError(f"{path}: {count} bands, expected {len(bands)} ({', '.join(bands)})")
+    return read_rgb(path)
+
+
+def _write_whole(job: Job, label: np.ndarray) -> list[Output]:
+    """Copy the image bytes (after decoding them fully, to catch truncation) and the label."""
+    pair, out = job.pair, job.out
+    image = _read_image(job)
+    _check_same_size(pair, image.shape[:2], label.shape)
+    name = f"{pair.stem}{Path(pair.image.name).suffix}"
+    atomic_copy(pair.image.real, out / "images" / name, durable=False)
+    write_label(out / "labels" / f"{pair.stem}.png", label, durable=False)
+    return [Output(pair.stem, name, pair.split, *label.shape, _histogram(label))]
+
+
+def _write_tiles(job: Job, label: np.ndarray) -> list[Output]:
+    pair, out, tiling = job.pair, job.out, job.tiling
+    image = _read_image(job)
+    _check_same_size(pair, image.shape[:2], label.shape)
+    outputs = []
+    for y0, x0 in tiling.windows(*label.shape):
+        stem = tiling.tile_stem(pair.stem, y0, x0)
+        image_tile, label_tile = tiling.cut_pair(image, label, y0, x0)
+        write_png(out / "images" / f"{stem}.png", image_tile, durable=False)
+        write_label(out / "labels" / f"{stem}.png", label_tile, durable=False)
+        histogram = _histogram(label_tile)
+        outputs.append(Output(stem, f"{stem}.png", pair.split, *label_tile.shape, histogram))
+    return outputs
+
+
+def convert_pair(job: Job) -> PairResult:
+    """Convert one source pair; unreadable or inconsistent inputs give a result with ``bad`` set."""
+    pair = job.pair
+    result = PairResult(pair.stem, job.inputs, pair.label.logical)
+    converter = _cached_converter(job.dataset, job.kind, job.options)
+    try:
+        if job.hash_inputs:
+            result.sha256 = {f.logical: file_digest(f.real) for f in (pair.image, pair.label)}
+        decoded = converter.codec().decode(pair.label.real)
+        check_label_values(decoded.label, len(converter.classes), pair.label.real)
+        whole = job.tiling.tile is None and Path(pair.image.name).suffix.lower() in IMAGE_SUFFIXES
+        result.outputs = (_write_whole if whole else _write_tiles)(job, decoded.label)
+    except DataError as error:
+        result.bad = str(error)
+        return result
+    result.unmatched = decoded.unmatched
+    result.unmatched_values = decoded.unmatched_values
+    result.snapped = decoded.snapped
+    return result
+
+
+def verify_outputs(args: tuple[Path, list[Output], int]) -> list[str]:
+    """Re-read written samples; return the problems found (see ``verify_output``)."""
+    out, outputs, num_classes = args
+    return [p for p in (verify_output(out, o, num_classes) for o in outputs) if p is not None]
+
+
+def verify_output(out: Path, output: Output, num_classes: int) -> str | None:
+    """Re-read one written sample; return a problem, or None if image and label agree with the
+    journal (same size, label values within the classes, same pixel counts)."""
+    label_path = out / "labels" / f"{output.stem}.png"
+    try:
+        with open_pil_image(label_path, "label") as image:
+            if image.mode != "L":
+                return f"{label_path}: mode {image.mode}, expected L"
+            label = np.array(image)
+        check_label_values(label, num_classes, label_path)
+        if image_size(out / "images" / output.image) != label.shape:
+            return f"{out / 'images' / output.image}: size differs from its label {label_path}"
+    except DataError as error:
+        return str(error)
+    if _histogram(label) != output.pixels:
+        return f"{label_path}: pixel counts differ from what was written"
+    return None
