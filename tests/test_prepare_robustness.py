@@ -198,12 +198,30 @@ def test_only_the_wanted_archives_are_extracted(tmp_path):
     assert report.meta.source["archives"] == ["Potsdam/2_Ortho_RGB.zip", "Potsdam/5_Labels_all.zip"]
 
 
-@pytest.mark.parametrize("data", ["raw/data", "raw"])
-def test_outputs_inside_the_download_are_not_read_as_inputs(tmp_path, data):
-    """A data root inside --src (or equal to it): the second run is still up to date."""
-    fixture = write_potsdam_raw(tmp_path / "raw")
-    settings = PrepareSettings(tile=16, workers=1)
-    first = prepare("potsdam", fixture.src, tmp_path / data, settings=settings)[0].report
-    again = prepare("potsdam", fixture.src, tmp_path / data, settings=settings)[0].report
+@pytest.mark.parametrize(
+    ("download", "src", "data"),
+    [
+        ("raw", "raw", "raw/data"),  # the data root inside --src
+        ("raw", "raw", "raw"),  # the data root is --src
+        ("data/potsdam", "data/potsdam", "data"),  # the download in the dataset's own folder
+        ("data/potsdam", "data", "data"),  # ... and --src the data root
+    ],
+)
+def test_outputs_inside_the_download_are_not_read_as_inputs(tmp_path, download, src, data):
+    """Wherever the outputs lie relative to --src, they are never inputs: reruns are up to date."""
+    fixture = write_potsdam_raw(tmp_path / download)
+    settings = PrepareSettings(tile=0, workers=1)  # whole tiles: outputs named like inputs
+    first = prepare("potsdam", tmp_path / src, tmp_path / data, settings=settings)[0].report
+    again = prepare("potsdam", tmp_path / src, tmp_path / data, settings=settings)[0].report
     assert not first.up_to_date and again.up_to_date
-    assert_prepared(tmp_path / data, "potsdam", expected_tiles(fixture.expected, 16))
+    assert_prepared(tmp_path / data, "potsdam", fixture.expected)
+
+
+def test_symlinked_folders_in_the_download_are_followed(tmp_path):
+    fixture = loveda.write_raw(tmp_path / "elsewhere")
+    (tmp_path / "raw").mkdir()
+    for split in ("Train", "Val"):
+        (tmp_path / "raw" / split).symlink_to(fixture.src / split, target_is_directory=True)
+    (tmp_path / "raw" / "loop").symlink_to(tmp_path / "raw", target_is_directory=True)
+    prepare("loveda", tmp_path / "raw", tmp_path / "data", settings=PrepareSettings(workers=1))
+    assert_prepared(tmp_path / "data", "loveda", fixture.expected)

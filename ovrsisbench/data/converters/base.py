@@ -143,6 +143,10 @@ class Converter:
         name = logical.rsplit("/", 1)[-1].lower()
         return any(fnmatch(name, pattern) for pattern in self.archives)
 
+    def wants_member(self, logical: str) -> bool:
+        """Whether to extract the archive member at ``logical`` (all by default)."""
+        return True
+
     def find_pairs(self, tree: SourceTree) -> tuple[list[SourcePair], list[SourceFile]]:
         """The (image, label) pairs of the download, and the labels that have no image."""
         raise NotImplementedError

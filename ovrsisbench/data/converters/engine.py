@@ -84,6 +84,21 @@ def _up_to_date(out: Path, fingerprint: str) -> DatasetMeta | None:
     return meta if meta.extra.get("prepare", {}).get("fingerprint") == fingerprint else None
 
 
+def _written_paths(data_root: Path, out: Path) -> frozenset[Path]:
+    """What prepare writes under the data root (resolved): the outputs of ``out`` and of every
+    prepared dataset beside it. Skipping these (not whole folders) lets --src be the data root or
+    the dataset's own folder, with the download lying beside the outputs."""
+    root = data_root.resolve()
+    folders = {out.resolve()}
+    if root.is_dir():
+        folders |= {d for d in root.iterdir() if d.is_dir() and (d / META_FILE).is_file()}
+    return frozenset(
+        folder / name
+        for folder in folders
+        for name in ("images", "labels", "splits", META_FILE, SOURCE_SHA256)
+    )
+
+
 def _file_identity(file: SourceFile) -> list:
     stat = file.real.stat()
     return [file.logical, stat.st_size, stat.st_mtime_ns]
@@ -156,15 +171,14 @@ def prepare_dataset(
         "options": converter.options,
         "tiling": tiling.to_json(),
     }
-    # outputs are never read as inputs, even when the data root lies inside --src or is it
-    output_folders = frozenset({data_root.resolve(), out.resolve()}) - {src.resolve()}
-    fingerprint = _digest([settings, stat_listing(src, output_folders)])
+    written = _written_paths(data_root, out)  # never read as inputs, even inside --src
+    fingerprint = _digest([settings, stat_listing(src, written)])
     meta = _up_to_date(out, fingerprint)
     if meta is not None:
         return PrepareReport(dataset, meta, up_to_date=True)
 
     scratch = data_root / f".{dataset}.extract"
-    with source_tree(src, converter, scratch, progress, output_folders) as (tree, archives):
+    with source_tree(src, converter, scratch, progress, written) as (tree, archives):
         pairs, orphans = converter.find_pairs(tree)
         if not pairs:
             raise converter.nothing_found(src)

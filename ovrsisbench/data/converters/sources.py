@@ -18,15 +18,23 @@ _MAX_NESTING = 3
 
 
 def _walk(root: Path, skip: frozenset[Path] = frozenset()) -> Iterator[tuple[str, Path]]:
-    """(posix path relative to ``root``, path) of the visible files under ``root``, sorted;
-    the folders in ``skip`` (resolved) are left out."""
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and Path(folder, d).resolve() not in skip
-        )
+    """(posix path relative to ``root``, path) of the visible files under ``root``, sorted.
+
+    Symlinked folders are followed (each real folder once); the paths in ``skip`` (resolved
+    files or folders: what prepare writes) are left out.
+    """
+    seen = {root.resolve()}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            real = Path(folder, name).resolve()
+            if not name.startswith(".") and real not in skip and real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
             path = Path(folder, name)
-            if name.startswith(".") or not path.is_file():
+            if name.startswith(".") or not path.is_file() or path.resolve() in skip:
                 continue
             yield path.relative_to(root).as_posix(), path
 
@@ -57,7 +65,7 @@ class _Lister:
         self.archives.append(SourceFile(logical, real))
         dest = self.scratch / str(len(self.archives))
         self.progress.start(f"extracting {logical}", 1, 0)
-        extract_archive(real, dest)
+        extract_archive(real, dest, lambda name: self.converter.wants_member(f"{logical}/{name}"))
         self.progress.advance(1)
         for relative, path in _walk(dest):
             self.add(f"{logical}/{relative}", path, depth + 1)
