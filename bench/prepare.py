@@ -31,9 +31,9 @@ from PIL import Image
 from rasterio.transform import from_origin
 from tabulate import tabulate
 
-from ovrsisbench.data.converters.engine import make_pool
 from ovrsisbench.data.converters.isprs import BOUNDARY, PALETTE, PotsdamConverter
 from ovrsisbench.data.converters.tiling import Tiling
+from ovrsisbench.data.converters.workers import make_pool
 from ovrsisbench.data.layout import read_rgb, write_png
 from ovrsisbench.data.prepare import PrepareSettings, prepare
 

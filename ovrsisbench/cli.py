@@ -144,7 +144,8 @@ def prepare(
         typer.Option(help="Tile size in px; 0 = whole images \\[default: per dataset, see README]"),
     ] = None,
     stride: Annotated[
-        int | None, typer.Option(help="Tile stride in px \\[default: the tile]")
+        int | None,
+        typer.Option(help="Tile stride in px \\[default: the tile, or the dataset's stride]"),
     ] = None,
     edge: Annotated[
         str | None,
@@ -186,10 +187,14 @@ def prepare(
     failed = False
     for outcome in outcomes:
         if outcome.skipped:
-            err_console.print(f"{outcome.dataset}: skipped ({outcome.skipped})", highlight=False)
+            err_console.print(
+                f"{outcome.dataset}: skipped ({outcome.skipped})", highlight=False, soft_wrap=True
+            )
         elif outcome.error:
             failed = True
-            err_console.print(f"{outcome.dataset}: error: {outcome.error}", highlight=False)
+            err_console.print(
+                f"{outcome.dataset}: error: {outcome.error}", highlight=False, soft_wrap=True
+            )
         else:
             _print_prepared(outcome.report, root)
     if failed:
@@ -212,9 +217,10 @@ def _print_prepared(report: Any, root: Path) -> None:
         f"{root / meta.name}; {state}; {verification.get('unmatched_pixels', 0):,} unmatched "
         f"pixels; {len(verification.get('bad_inputs', [])):,} bad inputs skipped",
         highlight=False,
+        soft_wrap=True,
     )
     for warning in report.warnings:
-        err_console.print(f"{meta.name}: warning: {warning}", highlight=False)
+        err_console.print(f"{meta.name}: warning: {warning}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from PIL import Image
 from rawfixtures import loveda
 from rawfixtures.common import assert_prepared, expected_tiles
 from rawfixtures.isprs import write_potsdam_raw
@@ -53,7 +57,9 @@ def test_truncated_image_is_named_and_can_be_skipped(cli, tmp_path):
 
     failed = cli(*args, "--workers", "1")
     assert failed.code == 2
-    assert str(victim) in failed.err and "--skip-bad" in failed.err
+    relative = victim.relative_to(fixture.src).as_posix()
+    assert f"in {fixture.src}: {relative}: cannot read image" in failed.err
+    assert "--skip-bad" in failed.err
     assert not (tmp_path / "data" / "loveda" / "meta.json").exists()
 
     skipped = cli(*args, "--workers", "1", "--skip-bad")
@@ -61,7 +67,7 @@ def test_truncated_image_is_named_and_can_be_skipped(cli, tmp_path):
     expected = {k: v for k, v in fixture.expected.items() if k != victim.stem}
     meta = assert_prepared(tmp_path / "data", "loveda", expected)
     bad = meta["verification"]["bad_inputs"]
-    assert [entry["path"] for entry in bad] == [victim.relative_to(fixture.src).as_posix()]
+    assert [entry["path"] for entry in bad] == [relative]
     assert "cannot read image" in bad[0]["problem"]
 
 
@@ -76,7 +82,8 @@ def test_label_of_another_size_is_a_bad_input(tmp_path):
     with pytest.raises(DataError) as failure:
         prepare("potsdam", fixture.src, tmp_path / "data", settings=PrepareSettings(workers=1))
     message = str(failure.value)
-    assert "top_potsdam_2_13_RGB.tif" in message and str(label) in message
+    assert "2_Ortho_RGB/top_potsdam_2_13_RGB.tif (64x77)" in message
+    assert f"{label.relative_to(fixture.src).as_posix()} (61x77)" in message
     assert "differ in size" in message
 
 
@@ -151,7 +158,7 @@ def test_two_workers_write_the_same_files_as_one(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_tolerance_snaps_near_colours_and_strict_mode_counts_them(tmp_path):
-    converter = PotsdamConverter({"tolerance": 4})
+    converter = PotsdamConverter({"tolerance": 4, "labels": "eroded"})
     label = np.array([[[252, 255, 0], [255, 255, 255], [9, 222, 221], [0, 0, 0]]], np.uint8)
     path = tmp_path / "label.tif"
     with rasterio.open(
@@ -162,9 +169,12 @@ def test_tolerance_snaps_near_colours_and_strict_mode_counts_them(tmp_path):
     assert near.label.tolist() == [[4, 0, 255, 255]]
     assert (near.snapped, near.unmatched) == (1, 1)
     assert near.unmatched_values == {"(9, 222, 221)": 1}
-    strict = PotsdamConverter().codec().decode(path)
+    strict = PotsdamConverter({"labels": "eroded"}).codec().decode(path)
     assert strict.label.tolist() == [[255, 0, 255, 255]]
     assert (strict.snapped, strict.unmatched) == (0, 2)
+    full = PotsdamConverter().codec().decode(path)  # black is a boundary of eroded labels only
+    assert full.label.tolist() == [[255, 0, 255, 255]]
+    assert full.unmatched_values == {"(252, 255, 0)": 1, "(9, 222, 221)": 1, "(0, 0, 0)": 1}
 
 
 def test_a_tiff_with_other_bands_than_declared_is_a_bad_input(tmp_path):
@@ -225,3 +235,92 @@ def test_symlinked_folders_in_the_download_are_followed(tmp_path):
     (tmp_path / "raw" / "loop").symlink_to(tmp_path / "raw", target_is_directory=True)
     prepare("loveda", tmp_path / "raw", tmp_path / "data", settings=PrepareSettings(workers=1))
     assert_prepared(tmp_path / "data", "loveda", fixture.expected)
+
+
+def test_archive_import_lists_split_only_names_and_hashes_every_file(cli, tmp_path):
+    from rawfixtures.ovsisbench import _SPLIT_ONLY, write_ovsisbench
+
+    fixture = write_ovsisbench(tmp_path / "OVSISBench", datasets=["dlrsd"])["dlrsd"]
+    data = tmp_path / "data"
+    args = ["prepare", "dlrsd", "--source", "archive", "--src", fixture.src, "--data-root", data]
+    result = cli(*args, "--workers", "1")
+    assert result.code == 0, result.err
+    assert "1 name(s) only in DLRSD_split" in " ".join(result.err.split())
+    meta = json.loads((data / "dlrsd" / "meta.json").read_text())
+    assert meta["archive"] == {"split_only_stems": [_SPLIT_ONLY["dlrsd"]]}
+    listed = dict(
+        reversed(line.split("  ", 1))
+        for line in (data / "dlrsd" / "source.sha256").read_text().splitlines()
+    )
+    files = {
+        f"{folder}/{stem}.png"
+        for stem, folders in fixture.notes["label_files"].items()
+        for folder in [folders[0].rsplit("/", 1)[0]]
+    }
+    assert files <= set(listed)
+    for relative, digest in listed.items():
+        assert hashlib.sha256((fixture.src / relative).read_bytes()).hexdigest() == digest
+    assert len(listed) == 2 * meta["splits"]["all"]
+
+
+def test_a_whole_archive_file_is_not_extracted_again_when_up_to_date(tmp_path, monkeypatch):
+    from rawfixtures.ovsisbench import write_ovsisbench
+
+    import ovrsisbench.data.prepare as prepare_module
+
+    src = write_ovsisbench(tmp_path / "OVSISBench", datasets=["vdd", "udd5"], archive="zip")[
+        "vdd"
+    ].src
+    settings = PrepareSettings(workers=1)
+    first = prepare("all", src, tmp_path / "data", "archive", settings)
+    assert [o.dataset for o in first if o.report] == ["udd5", "vdd"]
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(prepare_module, "extract_archive", no_extraction)
+    again = prepare("all", src, tmp_path / "data", "archive", settings)
+    assert [o.dataset for o in again if o.report and o.report.up_to_date] == ["udd5", "vdd"]
+
+
+def test_udd6_beside_udd5_is_never_imported(tmp_path):
+    from rawfixtures import udd5
+
+    fixture = udd5.write_raw(tmp_path / "raw")
+    twin = tmp_path / "raw" / "UDD6"
+    shutil.copytree(fixture.src / "UDD5", twin)  # same layout, other class order
+    for image in twin.rglob("*.JPG"):
+        image.rename(image.with_name(f"udd6_{image.name}"))
+    for label in twin.rglob("*.png"):
+        label.rename(label.with_name(f"udd6_{label.name}"))
+    with zipfile.ZipFile(tmp_path / "raw" / "UDD6.zip", "w") as zf:  # members without UDD6/
+        for path in twin.rglob("*"):
+            zf.write(path, path.relative_to(twin).as_posix().replace("udd6_", "zip6_"))
+    report = prepare("udd5", fixture.src, tmp_path / "data", settings=PrepareSettings(workers=1))
+    assert report[0].report.meta.source["archives"] == []
+    assert_prepared(tmp_path / "data", "udd5", fixture.expected)
+
+
+def test_verification_catches_a_file_changed_after_writing(tmp_path, monkeypatch):
+    real = engine._verify_all
+
+    def corrupt_then_verify(out, outputs, *args):
+        path = out / "labels" / f"{outputs[0].stem}.png"
+        label = np.array(Image.open(path))
+        Image.fromarray(np.where(label == 0, 1, 0).astype(np.uint8)).save(path)
+        return real(out, outputs, *args)
+
+    monkeypatch.setattr(engine, "_verify_all", corrupt_then_verify)
+    with pytest.raises(DataError, match="verification of .* failed: .*pixel counts differ"):
+        _potsdam(tmp_path)
+    assert not (tmp_path / "data" / "potsdam" / "meta.json").exists()
+
+
+def test_default_rules_for_the_published_counts():
+    """Potsdam 6000 px tiles -> 23 x 23 = 529 patches (38 tiles: 20,102); DLRSD 80/20 per scene."""
+    from ovrsisbench.data.converters.dlrsd import DLRSDConverter, _split
+
+    assert len(PotsdamConverter().default_tiling.windows(6000, 6000)) == 529
+    assert 38 * 529 == 20_102
+    assert [_split(f"harbor{n:02d}") for n in (0, 79, 80, 99)] == ["train", "train", "val", "val"]
+    assert DLRSDConverter().default_tiling.tile is None

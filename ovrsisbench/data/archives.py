@@ -196,6 +196,16 @@ def _write_member(
         ) from None
 
 
+def archive_names(archive: Path) -> list[str]:
+    """The member paths of ``archive`` (read from its index; a tar is read through)."""
+    with _read_errors(archive):
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                return zf.namelist()
+        with tarfile.open(archive) as tf:
+            return tf.getnames()
+
+
 def extract_archive(
     archive: Path, dest: Path, wanted: Callable[[str], bool] = lambda name: True
 ) -> None:

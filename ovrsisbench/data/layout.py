@@ -40,6 +40,8 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _RGB_CONVERTIBLE_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "P", "PA", "1", "CMYK"}
 _LABEL_MODES = ("L", "P")
 _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
+# the largest DOTA/iSAID images have about 400 Mpx: above PIL's default limit (~179 Mpx)
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 500_000_000)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,10 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovrsisbench.data.archives import extract_archive, is_archive
+from ovrsisbench.data.archives import archive_names, extract_archive, is_archive
 from ovrsisbench.data.converters import converter_classes, get_converter
 from ovrsisbench.data.converters.base import Converter, NothingFoundError
-from ovrsisbench.data.converters.engine import PrepareReport, Progress, prepare_dataset
+from ovrsisbench.data.converters.engine import (
+    PrepareReport,
+    Progress,
+    prepare_dataset,
+    up_to_date,
+)
 from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.errors import UserError
 
@@ -74,18 +79,17 @@ def _raw_source(src: Path, dataset: str) -> Path | None:
 
 
 @contextmanager
-def _archive_root(src: Path, data_root: Path) -> Iterator[Path]:
-    """The OVSISBench root: ``src`` itself, or ``src`` extracted once for all datasets."""
-    if not src.is_file():
-        yield src
-        return
-    if not is_archive(src):
-        raise UserError(f"--src {src} is a file but not a zip or tar archive")
+def _extracted(src: Path, data_root: Path, converters: list[Converter]) -> Iterator[Path]:
+    """``src`` (an OVSISBench archive) extracted once for all ``converters``, removed after."""
     scratch = data_root / ".ovsisbench.extract"
     if scratch.exists():
         shutil.rmtree(scratch)
     try:
-        extract_archive(src, scratch)
+        extract_archive(
+            src,
+            scratch,
+            lambda name: any(c.wants_member(f"{src.name}/{name}") for c in converters),
+        )
         yield scratch
     finally:
         if scratch.exists():
@@ -132,7 +136,7 @@ def prepare(
         raise UserError(f"--workers must be >= 1, got {settings.workers}")
     if not src.exists():
         raise UserError(f"--src {src} does not exist")
-    classes = converter_classes(kind)
+    converter_classes(kind)  # an unknown kind fails here
     if dataset != ALL:
         converter = get_converter(dataset, kind, settings.options)
         return [
@@ -142,32 +146,64 @@ def prepare(
         raise UserError("--tile, --stride, --edge and -o apply to one dataset; not with 'all'")
     if kind == "raw" and not src.is_dir():
         raise UserError(f"prepare all --src must be a folder with one subfolder per dataset: {src}")
+    if kind == "archive" and src.is_file():
+        return _prepare_all_from_archive_file(src, data_root, settings, progress)
     outcomes = []
-    with _archive_root(src, data_root) if kind == "archive" else _same(src) as root:
-        for name, cls in classes.items():
-            source = root if kind == "archive" else _raw_source(root, name)
-            if source is None:
-                names = " or ".join(RAW_FOLDERS[name])
-                outcomes.append(DatasetOutcome(name, skipped=f"no folder {names} in {src}"))
-                continue
-            try:
-                origin = src if root != src else None  # an archive extracted once for all
-                report = _prepare_one(cls(), source, data_root, settings, progress, origin)
-            except NothingFoundError as error:
-                missing = kind == "archive"  # the archive simply lacks this dataset
-                outcomes.append(
-                    DatasetOutcome(name, skipped=f"not in {src}")
-                    if missing
-                    else DatasetOutcome(name, error=str(error))
-                )
-                continue
-            except UserError as error:
-                outcomes.append(DatasetOutcome(name, error=str(error)))
-                continue
-            outcomes.append(DatasetOutcome(name, report))
+    for name, cls in converter_classes(kind).items():
+        source = src if kind == "archive" else _raw_source(src, name)
+        if source is None:
+            names = " or ".join(RAW_FOLDERS[name])
+            outcomes.append(DatasetOutcome(name, skipped=f"no folder {names} in {src}"))
+            continue
+        outcomes.append(_outcome(cls(), source, data_root, settings, progress, kind, src))
     return outcomes
 
 
-@contextmanager
-def _same(path: Path) -> Iterator[Path]:
-    yield path
+def _prepare_all_from_archive_file(
+    src: Path, data_root: Path, settings: PrepareSettings, progress: Progress | None
+) -> list[DatasetOutcome]:
+    """Every dataset of an OVSISBench archive file, extracting it once, and only when a dataset
+    is not up to date."""
+    if not is_archive(src):
+        raise UserError(f"--src {src} is a file but not a zip or tar archive")
+    outcomes, pending = {}, []
+    names = [f"{src.name}/{name}" for name in archive_names(src)]
+    for name, cls in converter_classes("archive").items():
+        converter = cls()
+        meta = up_to_date(converter, src, data_root)
+        if meta is not None:
+            outcomes[name] = DatasetOutcome(name, PrepareReport(name, meta, up_to_date=True))
+        elif not any(converter.wants_member(member) for member in names):
+            outcomes[name] = DatasetOutcome(name, skipped=f"not in {src}")
+        else:
+            pending.append(converter)
+    if pending:
+        with _extracted(src, data_root, pending) as root:
+            for converter in pending:
+                outcome = _outcome(converter, root, data_root, settings, progress, "archive", src)
+                outcomes[converter.dataset] = outcome
+    return [outcomes[name] for name in converter_classes("archive")]
+
+
+def _outcome(
+    converter: Converter,
+    source: Path,
+    data_root: Path,
+    settings: PrepareSettings,
+    progress: Progress | None,
+    kind: str,
+    src: Path,
+) -> DatasetOutcome:
+    """Prepare one dataset of ``all``: its failure is reported, not raised."""
+    name = converter.dataset
+    origin = src if source != src else None  # an archive extracted once for all
+    try:
+        return DatasetOutcome(
+            name, _prepare_one(converter, source, data_root, settings, progress, origin)
+        )
+    except NothingFoundError as error:
+        if kind == "archive":  # the archive simply lacks this dataset
+            return DatasetOutcome(name, skipped=f"not in {src}")
+        return DatasetOutcome(name, error=str(error))
+    except UserError as error:
+        return DatasetOutcome(name, error=str(error))

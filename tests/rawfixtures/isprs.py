@@ -128,11 +128,13 @@ def colour_labels(
     *,
     black: np.ndarray | None,
     off: int,
+    black_unmatched: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Colour ``ids``; ``black`` pixels become (0,0,0), ``off`` random pixels off-palette.
 
     Returns (RGB label, expected native label, unmatched count). Off-palette pixels are drawn
-    at distinct positions and override black ones.
+    at distinct positions and override black ones; black counts as unmatched when
+    ``black_unmatched`` (full ISPRS labels: black marks boundaries of the eroded ones only).
     """
     rgb = colours[ids].copy()
     expected = ids.copy()
@@ -143,7 +145,10 @@ def colour_labels(
     ys, xs = np.unravel_index(flat, ids.shape)
     rgb[ys, xs] = off_palette[rng.integers(0, len(off_palette), size=off)]
     expected[ys, xs] = IGNORE
-    return rgb, expected, off
+    unmatched = off
+    if black is not None and black_unmatched:
+        unmatched += int(np.all(rgb == BOUNDARY, axis=-1).sum())
+    return rgb, expected, unmatched
 
 
 def _isprs_labels(rng: np.random.Generator, tile: _Tile) -> dict[str, tuple]:
@@ -151,17 +156,20 @@ def _isprs_labels(rng: np.random.Generator, tile: _Tile) -> dict[str, tuple]:
     ids = class_map(rng, tile.height, tile.width, len(ISPRS_COLOURS))
     stray = np.zeros(ids.shape, bool)
     stray.flat[rng.permutation(ids.size)[: tile.black_full]] = True
-    full = colour_labels(rng, ids, ISPRS_COLOURS, OFF_PALETTE, black=stray, off=tile.off_full)
+    full = colour_labels(
+        rng, ids, ISPRS_COLOURS, OFF_PALETTE, black=stray, off=tile.off_full, black_unmatched=True
+    )
     eroded = colour_labels(
         rng, ids, ISPRS_COLOURS, OFF_PALETTE, black=_boundary(ids), off=tile.off_eroded
     )
     return {"full": full, "eroded": eroded}
 
 
-def decode_isprs(rgb: np.ndarray) -> tuple[np.ndarray, int]:
-    """Reference decoding of an ISPRS colour label: (native ids with 255, unmatched count)."""
+def decode_isprs(rgb: np.ndarray, labels: str = "full") -> tuple[np.ndarray, int]:
+    """Reference decoding of an ISPRS colour label: (native ids with 255, unmatched count);
+    black is the expected boundary of eroded labels, off-palette in full ones."""
     out = np.full(rgb.shape[:2], IGNORE, np.uint8)
-    known = np.all(rgb == BOUNDARY, axis=-1)
+    known = np.all(rgb == BOUNDARY, axis=-1) & (labels == "eroded")
     for index, colour in enumerate(ISPRS_COLOURS):
         hit = np.all(rgb == colour, axis=-1)
         out[hit] = index

@@ -15,7 +15,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ovrsisbench.data.converters.labels import DecodedLabel
+from ovrsisbench.data.converters.labels import DecodedLabel, IndexCodec
 from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.data.native import NATIVE_CLASSES
 from ovrsisbench.errors import DataError, UserError
@@ -160,9 +160,17 @@ class Converter:
     def make_codec(self) -> LabelCodec:
         raise NotImplementedError
 
+    def identity_codec(self) -> IndexCodec:
+        """Index labels whose raw values are the native ids (UDD5, VDD, LoveDA)."""
+        return IndexCodec({value: value for value in range(len(self.classes))})
+
     def meta_extra(self) -> dict:
         """Extra ``meta.json`` fields."""
         return {"bands": list(self.bands)}
+
+    def warnings(self) -> list[str]:
+        """What the user should know about the pairs found (after ``find_pairs``)."""
+        return []
 
     def nothing_found(self, src: Path) -> NothingFoundError:
         return NothingFoundError(
@@ -187,7 +195,8 @@ def index_unique(files: Iterable[tuple[str, SourceFile]], what: str) -> dict[str
         other = index.setdefault(key, file)
         if other is not file:
             raise DataError(
-                f"{file.logical}: {what} '{key}' also names {other.logical}; "
-                "names must be unique across the dataset"
+                f"{file.logical}: {what} '{key}' also names {other.logical}; names must be "
+                "unique across the dataset (an archive and its extracted copy side by side? "
+                "give only one)"
             )
     return index

@@ -21,10 +21,17 @@ class SplitFolderConverter(Converter):
     skip_folder = ""  # a sibling dataset shipped in the same download
 
     def make_codec(self) -> IndexCodec:
-        return IndexCodec({value: value for value in range(len(self.classes))})
+        return self.identity_codec()
+
+    def _skipped(self, name: str) -> bool:
+        """A path component naming the sibling dataset (a folder, or an archive like UDD6.zip)."""
+        return bool(self.skip_folder) and name.lower().split(".")[0] == self.skip_folder
 
     def _keep(self, file: SourceFile) -> bool:
-        return self.skip_folder not in (part.lower() for part in file.parts)
+        return not any(self._skipped(part) for part in file.parts)
+
+    def wants_archive(self, logical: str) -> bool:
+        return not any(self._skipped(part) for part in logical.split("/"))
 
     def find_pairs(self, tree: SourceTree):
         splits = "|".join(self.splits)

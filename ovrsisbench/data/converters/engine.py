@@ -17,9 +17,6 @@ import hashlib
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import Executor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +33,13 @@ from ovrsisbench.data.converters.pairs import (
 )
 from ovrsisbench.data.converters.sources import archive_checksums, source_tree, stat_listing
 from ovrsisbench.data.converters.tiling import Tiling
-from ovrsisbench.data.converters.workers import Progress, make_pool, run_all
+from ovrsisbench.data.converters.workers import Pool, Progress, pool_for, run_all
 from ovrsisbench.data.layout import (
+    ALL_SPLIT,
     META_FILE,
     DatasetMeta,
     DatasetWriter,
+    PreparedDataset,
     read_meta,
 )
 from ovrsisbench.data.native import IGNORE_INDEX
@@ -75,13 +74,17 @@ def _digest(data: Any) -> str:
 
 
 def _up_to_date(out: Path, fingerprint: str) -> DatasetMeta | None:
+    """The meta of a finished run with the same fingerprint whose files are all still there."""
     if not (out / META_FILE).is_file():
         return None
     try:
         meta = read_meta(out)
-    except DataError:
+        counts = [len(PreparedDataset(out).stems(ALL_SPLIT))]
+    except UserError:
         return None
-    return meta if meta.extra.get("prepare", {}).get("fingerprint") == fingerprint else None
+    if meta.extra.get("prepare", {}).get("fingerprint") != fingerprint:
+        return None
+    return meta if counts == [meta.splits[ALL_SPLIT]] else None
 
 
 def _written_paths(data_root: Path, out: Path) -> frozenset[Path]:
@@ -142,6 +145,32 @@ def _summary(
     }
 
 
+def _settings(converter: Converter, tiling: Tiling) -> dict:
+    return {
+        "dataset": converter.dataset,
+        "kind": converter.kind,
+        "converter_version": converter.version,
+        "options": converter.options,
+        "tiling": tiling.to_json(),
+    }
+
+
+def up_to_date(
+    converter: Converter, download: Path, data_root: Path, tiling: Tiling | None = None
+) -> DatasetMeta | None:
+    """The meta of ``<data_root>/<dataset>`` if it was prepared from ``download`` as it is now,
+    with the same settings, and is complete; else None."""
+    tiling = tiling or converter.default_tiling
+    return _up_to_date(
+        data_root / converter.dataset, _fingerprint(converter, tiling, download, data_root)
+    )
+
+
+def _fingerprint(converter: Converter, tiling: Tiling, download: Path, data_root: Path) -> str:
+    written = _written_paths(data_root, data_root / converter.dataset)
+    return _digest([_settings(converter, tiling), stat_listing(download, written)])
+
+
 def prepare_dataset(
     converter: Converter,
     src: Path,
@@ -155,7 +184,8 @@ def prepare_dataset(
 ) -> PrepareReport:
     """Convert the download at ``src`` into ``<data_root>/<dataset>``; see the module docstring.
 
-    ``origin`` is what meta.json names as the source when ``src`` is a folder extracted from it.
+    ``origin`` is the download as the user gave it when ``src`` is a folder extracted from it:
+    meta.json names it, and the up-to-date check looks at it.
     """
     progress = progress or Progress()
     src, data_root = Path(src), Path(data_root)
@@ -164,15 +194,9 @@ def prepare_dataset(
     dataset = converter.dataset
     tiling = tiling or converter.default_tiling
     out = data_root / dataset
-    settings = {
-        "dataset": dataset,
-        "kind": converter.kind,
-        "converter_version": converter.version,
-        "options": converter.options,
-        "tiling": tiling.to_json(),
-    }
+    settings = _settings(converter, tiling)
     written = _written_paths(data_root, out)  # never read as inputs, even inside --src
-    fingerprint = _digest([settings, stat_listing(src, written)])
+    fingerprint = _fingerprint(converter, tiling, origin or src, data_root)
     meta = _up_to_date(out, fingerprint)
     if meta is not None:
         return PrepareReport(dataset, meta, up_to_date=True)
@@ -198,16 +222,19 @@ def prepare_dataset(
             tiling=tiling.to_json(),
         )
         journal = Journal(out / STATE_DIR / JOURNAL, _digest(settings))
-        with _pool(workers, len(pairs)) as pool:
+        with pool_for(workers, len(pairs)) as pool:
             results, bad, resumed = _convert_all(
                 converter, pairs, out, tiling, journal, pool, progress
             )
             if bad and not skip_bad:
                 raise DataError(
-                    f"{len(bad)} bad input(s): {_problems_line([b['problem'] for b in bad])} "
-                    "(fix or remove them, or rerun with --skip-bad; finished pairs are kept)"
+                    f"{len(bad)} bad input(s) in {src}: "
+                    f"{_problems_line([b['problem'] for b in bad])} (fix or remove them, or "
+                    "rerun with --skip-bad; finished pairs are kept)"
                 )
             outputs = [output for result in results for output in result.outputs]
+            if not results:
+                raise DataError(f"{src}: every input is bad ({len(bad)}), nothing to prepare")
             if not outputs:
                 raise DataError(
                     f"{src}: {len(results)} image(s) converted into no output: with edge "
@@ -219,6 +246,7 @@ def prepare_dataset(
 
     for output in outputs:
         writer.adopt(output.stem, output.image, output.split)
+    (out / SOURCE_SHA256).unlink(missing_ok=True)  # from an earlier import
     if converter.kind == "archive":
         _write_source_sha256(out, results)
     extra = {
@@ -239,28 +267,10 @@ def prepare_dataset(
     ]
     if orphans:
         warnings.append(f"{len(orphans)} label(s) without an image skipped (listed in meta.json)")
+    warnings += converter.warnings()
     return PrepareReport(
         dataset, meta, converted=len(results) - resumed, resumed=resumed, bad=bad, warnings=warnings
     )
-
-
-@contextmanager
-def _pool(workers: int, jobs: int) -> Iterator[Executor | None]:
-    pool = make_pool(workers, jobs)
-    if pool is None:
-        yield None
-        return
-    try:
-        yield pool
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-
-
-def _bad_entry(pair: SourcePair, problem: str) -> dict:
-    label_only = str(pair.label.real) in problem and str(pair.image.real) not in problem
-    return {"path": (pair.label if label_only else pair.image).logical, "problem": problem}
 
 
 def _convert_all(
@@ -269,7 +279,7 @@ def _convert_all(
     out: Path,
     tiling: Tiling,
     journal: Journal,
-    pool: Executor | None,
+    pool: Pool | None,
     progress: Progress,
 ) -> tuple[list[PairResult], list[dict], int]:
     """Convert every pair not finished before; return results in pair order, bad inputs, and
@@ -297,13 +307,12 @@ def _convert_all(
         for pair in pairs
         if pair.stem not in done
     ]
-    by_stem = {pair.stem: pair for pair in pairs}
     bad = []
     progress.start(f"{converter.dataset}: converting", len(pairs), len(pairs) - len(jobs))
     with journal.appender() as append:
         for result in run_all(convert_pair, jobs, pool, progress):
             if result.bad is not None:
-                bad.append(_bad_entry(by_stem[result.stem], result.bad))
+                bad.append(result.bad)
                 continue
             append(result)
             done[result.stem] = result
@@ -312,7 +321,7 @@ def _convert_all(
 
 
 def _verify_all(
-    out: Path, outputs: list[Output], num_classes: int, pool: Executor | None, progress: Progress
+    out: Path, outputs: list[Output], num_classes: int, pool: Pool | None, progress: Progress
 ) -> None:
     """Re-read every written file; DataError listing what does not agree with the journal."""
     progress.start(f"{out.name}: verifying", len(outputs), 0)

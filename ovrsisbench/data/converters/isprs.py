@@ -51,7 +51,9 @@ class ISPRSConverter(Converter):
     archive_patterns: dict[str, tuple[str, ...]] = {}
 
     def make_codec(self) -> PaletteCodec:
-        return PaletteCodec(PALETTE, (BOUNDARY,), tolerance=self.options["tolerance"])
+        # black marks the boundaries of the eroded labels only; in full labels it is off-palette
+        unlabelled = (BOUNDARY,) if self.options["labels"] == "eroded" else ()
+        return PaletteCodec(PALETTE, unlabelled, tolerance=self.options["tolerance"])
 
     @property
     def archives(self) -> tuple[str, ...]:  # type: ignore[override]

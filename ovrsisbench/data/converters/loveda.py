@@ -36,7 +36,7 @@ class LoveDAConverter(Converter):
         return not logical.lower().endswith("test.zip")
 
     def make_codec(self) -> IndexCodec:
-        return IndexCodec({value: value for value in range(len(self.classes))})
+        return self.identity_codec()
 
     def find_pairs(self, tree: SourceTree):
         def keyed(folder: str) -> dict[str, SourceFile]:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovrsisbench.data.archives import is_archive
 from ovrsisbench.data.converters.base import (
     Converter,
     SourceFile,
@@ -104,6 +105,15 @@ class OVSISBenchImporter(Converter):
             {"dataset": dataset, "folders": folders, "download": download, "bands": folders.bands},
         )
 
+    def __init__(self, options: dict | None = None) -> None:
+        super().__init__(options)
+        self.split_only: list[str] = []  # stems found only in a split folder (find_pairs)
+
+    def wants_member(self, logical: str) -> bool:
+        """Members of this dataset's folders only (the archive holds all eight datasets)."""
+        folders = {self.folders.images.split("/")[0], self.folders.split_root}
+        return is_archive(Path(logical)) or not folders.isdisjoint(logical.split("/"))
+
     def make_codec(self) -> StrictV1Codec:
         return StrictV1Codec(self.folders)
 
@@ -115,7 +125,6 @@ class OVSISBenchImporter(Converter):
     def find_pairs(self, tree: SourceTree):
         pairs, orphans = self._pairs(tree, self.folders.images, self.folders.labels)
         found = {stem: SourcePair(stem, image, label, None) for stem, image, label in pairs}
-        self.split_only: list[str] = []
         for split, split_pairs, split_orphans in self._split_pairs(tree):
             orphans += split_orphans
             for stem, image, label in split_pairs:
@@ -145,10 +154,15 @@ class OVSISBenchImporter(Converter):
                     break
 
     def meta_extra(self) -> dict:
-        """Stems found only in a split folder: the paper's "all" set (the all folder) then
-        differs from this dataset's split "all" (every stem), which the archive may never do."""
-        split_only = sorted(getattr(self, "split_only", []))
-        return {**super().meta_extra(), "archive": {"split_only_stems": split_only}}
+        return {**super().meta_extra(), "archive": {"split_only_stems": sorted(self.split_only)}}
+
+    def warnings(self) -> list[str]:
+        if not self.split_only:
+            return []
+        return [
+            f"{len(self.split_only)} name(s) only in {self.folders.split_root}: split 'all' "
+            f"is more than the paper's {self.folders.images} (listed in meta.json)"
+        ]
 
 
 ARCHIVE_IMPORTERS = {name: OVSISBenchImporter.for_dataset(name) for name in FOLDERS}

@@ -7,6 +7,8 @@ it into tiles, writes every file atomically and proves each label's round trip; 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ovrsisbench.data.archives import file_digest
-from ovrsisbench.data.converters.base import Converter, SourcePair
+from ovrsisbench.data.converters.base import Converter, SourceFile, SourcePair
 from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.data.layout import (
     IMAGE_SUFFIXES,
@@ -35,8 +37,6 @@ class Output:
     stem: str
     image: str  # file name in images/
     split: str | None
-    height: int
-    width: int
     pixels: dict[str, int]  # label value (as text: JSON keys) -> pixel count
 
 
@@ -50,7 +50,7 @@ class PairResult:
     unmatched_values: dict[str, int] = field(default_factory=dict)
     snapped: int = 0
     sha256: dict[str, str] = field(default_factory=dict)
-    bad: str | None = None
+    bad: dict[str, str] | None = None  # {"path": logical path, "problem": one line}
 
     @classmethod
     def from_json(cls, data: dict) -> PairResult:
@@ -81,12 +81,24 @@ def _histogram(label: np.ndarray) -> dict[str, int]:
     return {str(value): int(counts[value]) for value in np.flatnonzero(counts)}
 
 
-def _check_same_size(pair: SourcePair, image_hw: tuple, label_hw: tuple) -> None:
-    if tuple(image_hw) != tuple(label_hw):
-        raise DataError(
-            f"{pair.image.real} ({image_hw[0]}x{image_hw[1]}) and its label {pair.label.real} "
-            f"({label_hw[0]}x{label_hw[1]}) differ in size (height x width)"
-        )
+class _BadInput(Exception):
+    def __init__(self, file: SourceFile, problem: str) -> None:
+        super().__init__(problem)
+        self.file = file
+        self.problem = problem
+
+
+@contextmanager
+def _blame(pair: SourcePair, file: SourceFile) -> Iterator[None]:
+    """A DataError inside is a bad ``file``; its message names the pair's files by their path
+    under --src (an extracted member's temporary path would mean nothing to the user)."""
+    try:
+        yield
+    except DataError as error:
+        problem = str(error)
+        for named in (pair.image, pair.label):
+            problem = problem.replace(str(named.real), named.logical)
+        raise _BadInput(file, problem) from None
 
 
 def _read_image(job: Job) -> np.ndarray:
@@ -101,47 +113,53 @@ def _read_image(job: Job) -> np.ndarray:
     return read_rgb(path)
 
 
-def _write_whole(job: Job, label: np.ndarray) -> list[Output]:
-    """Copy the image bytes (after decoding them fully, to catch truncation) and the label."""
+def _write_whole(job: Job, image: np.ndarray, label: np.ndarray) -> list[Output]:
+    """Copy the image bytes (decoded before, to catch truncation) and write the label."""
     pair, out = job.pair, job.out
-    image = _read_image(job)
-    _check_same_size(pair, image.shape[:2], label.shape)
     name = f"{pair.stem}{Path(pair.image.name).suffix}"
     atomic_copy(pair.image.real, out / "images" / name, durable=False)
     write_label(out / "labels" / f"{pair.stem}.png", label, durable=False)
-    return [Output(pair.stem, name, pair.split, *label.shape, _histogram(label))]
+    return [Output(pair.stem, name, pair.split, _histogram(label))]
 
 
-def _write_tiles(job: Job, label: np.ndarray) -> list[Output]:
+def _write_tiles(job: Job, image: np.ndarray, label: np.ndarray) -> list[Output]:
     pair, out, tiling = job.pair, job.out, job.tiling
-    image = _read_image(job)
-    _check_same_size(pair, image.shape[:2], label.shape)
     outputs = []
     for y0, x0 in tiling.windows(*label.shape):
         stem = tiling.tile_stem(pair.stem, y0, x0)
         image_tile, label_tile = tiling.cut_pair(image, label, y0, x0)
         write_png(out / "images" / f"{stem}.png", image_tile, durable=False)
         write_label(out / "labels" / f"{stem}.png", label_tile, durable=False)
-        histogram = _histogram(label_tile)
-        outputs.append(Output(stem, f"{stem}.png", pair.split, *label_tile.shape, histogram))
+        outputs.append(Output(stem, f"{stem}.png", pair.split, _histogram(label_tile)))
     return outputs
 
 
 def convert_pair(job: Job) -> PairResult:
-    """Convert one source pair; unreadable or inconsistent inputs give a result with ``bad`` set."""
+    """Convert one source pair; an unreadable or inconsistent input gives a result with ``bad``
+    set (nothing written for it)."""
     pair = job.pair
     result = PairResult(pair.stem, job.inputs, pair.label.logical)
     converter = _cached_converter(job.dataset, job.kind, job.options)
     try:
-        if job.hash_inputs:
-            result.sha256 = {f.logical: file_digest(f.real) for f in (pair.image, pair.label)}
-        decoded = converter.codec().decode(pair.label.real)
-        check_label_values(decoded.label, len(converter.classes), pair.label.real)
-        whole = job.tiling.tile is None and Path(pair.image.name).suffix.lower() in IMAGE_SUFFIXES
-        result.outputs = (_write_whole if whole else _write_tiles)(job, decoded.label)
-    except DataError as error:
-        result.bad = str(error)
+        with _blame(pair, pair.label):
+            decoded = converter.codec().decode(pair.label.real)
+            check_label_values(decoded.label, len(converter.classes), pair.label.real)
+        with _blame(pair, pair.image):
+            image = _read_image(job)
+        with _blame(pair, pair.label):
+            if image.shape[:2] != decoded.label.shape:
+                (h, w), (lh, lw) = image.shape[:2], decoded.label.shape
+                raise DataError(
+                    f"{pair.label.real} ({lh}x{lw}) and its image {pair.image.real} ({h}x{w}) "
+                    "differ in size (height x width)"
+                )
+    except _BadInput as bad:
+        result.bad = {"path": bad.file.logical, "problem": bad.problem}
         return result
+    if job.hash_inputs:
+        result.sha256 = {f.logical: file_digest(f.real) for f in (pair.image, pair.label)}
+    whole = job.tiling.tile is None and Path(pair.image.name).suffix.lower() in IMAGE_SUFFIXES
+    result.outputs = (_write_whole if whole else _write_tiles)(job, image, decoded.label)
     result.unmatched = decoded.unmatched
     result.unmatched_values = decoded.unmatched_values
     result.snapped = decoded.snapped
