@@ -247,7 +247,7 @@ def test_archive_import_lists_split_only_names_and_hashes_every_file(cli, tmp_pa
     assert result.code == 0, result.err
     assert "1 name(s) only in DLRSD_split" in " ".join(result.err.split())
     meta = json.loads((data / "dlrsd" / "meta.json").read_text())
-    assert meta["archive"] == {"split_only_stems": [_SPLIT_ONLY["dlrsd"]]}
+    assert meta["archive"] == {"split_only_stems": [_SPLIT_ONLY["dlrsd"]], "unlabelled_images": []}
     listed = dict(
         reversed(line.split("  ", 1))
         for line in (data / "dlrsd" / "source.sha256").read_text().splitlines()
@@ -324,3 +324,17 @@ def test_default_rules_for_the_published_counts():
     assert 38 * 529 == 20_102
     assert [_split(f"harbor{n:02d}") for n in (0, 79, 80, 99)] == ["train", "train", "val", "val"]
     assert DLRSDConverter().default_tiling.tile is None
+
+
+def test_archive_images_without_a_label_are_listed_not_mispaired(tmp_path):
+    from rawfixtures.ovsisbench import write_ovsisbench
+
+    fixture = write_ovsisbench(tmp_path / "OVSISBench", datasets=["vdd"])["vdd"]
+    labels = sorted((fixture.src / "VDD" / "gt").glob("*.png"))
+    labels[0].rename(labels[0].with_name("renamed.png"))  # same counts, one name differs
+    settings = PrepareSettings(workers=1)
+    report = prepare("vdd", fixture.src, tmp_path / "data", "archive", settings)[0].report
+    assert report.meta.extra["archive"]["unlabelled_images"] == [f"VDD/src/{labels[0].stem}.JPG"]
+    assert report.meta.extra["orphans"] == ["VDD/gt/renamed.png"]
+    expected = {k: v for k, v in fixture.expected.items() if k != labels[0].stem}
+    assert_prepared(tmp_path / "data", "vdd", expected)

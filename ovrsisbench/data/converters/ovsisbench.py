@@ -108,6 +108,7 @@ class OVSISBenchImporter(Converter):
     def __init__(self, options: dict | None = None) -> None:
         super().__init__(options)
         self.split_only: list[str] = []  # stems found only in a split folder (find_pairs)
+        self.unlabelled: list[str] = []  # images without a label (find_pairs)
 
     def wants_member(self, logical: str) -> bool:
         """Members of this dataset's folders only (the archive holds all eight datasets)."""
@@ -118,9 +119,12 @@ class OVSISBenchImporter(Converter):
         return StrictV1Codec(self.folders)
 
     def _pairs(self, tree: SourceTree, images: str, labels: str):
-        return pair_files(
-            _top_level(tree, images, self.folders.image_ext), _top_level(tree, labels, "png")
-        )
+        """Pairs by stem (never by position, which mispairs silently when names differ); an
+        image without a label is recorded, since the archive should have none."""
+        image_files = _top_level(tree, images, self.folders.image_ext)
+        label_files = _top_level(tree, labels, "png")
+        self.unlabelled += sorted(f.logical for s, f in image_files.items() if s not in label_files)
+        return pair_files(image_files, label_files)
 
     def find_pairs(self, tree: SourceTree):
         pairs, orphans = self._pairs(tree, self.folders.images, self.folders.labels)
@@ -154,15 +158,24 @@ class OVSISBenchImporter(Converter):
                     break
 
     def meta_extra(self) -> dict:
-        return {**super().meta_extra(), "archive": {"split_only_stems": sorted(self.split_only)}}
+        archive = {
+            "split_only_stems": sorted(self.split_only),
+            "unlabelled_images": self.unlabelled,
+        }
+        return {**super().meta_extra(), "archive": archive}
 
     def warnings(self) -> list[str]:
-        if not self.split_only:
-            return []
-        return [
-            f"{len(self.split_only)} name(s) only in {self.folders.split_root}: split 'all' "
-            f"is more than the paper's {self.folders.images} (listed in meta.json)"
-        ]
+        warnings = []
+        if self.split_only:
+            warnings.append(
+                f"{len(self.split_only)} name(s) only in {self.folders.split_root}: split 'all' "
+                f"is more than the paper's {self.folders.images} (listed in meta.json)"
+            )
+        if self.unlabelled:
+            warnings.append(
+                f"{len(self.unlabelled)} image(s) without a label left out (listed in meta.json)"
+            )
+        return warnings
 
 
 ARCHIVE_IMPORTERS = {name: OVSISBenchImporter.for_dataset(name) for name in FOLDERS}
