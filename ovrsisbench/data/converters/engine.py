@@ -40,7 +40,6 @@ from ovrsisbench.data.layout import (
     DatasetMeta,
     DatasetWriter,
     PreparedDataset,
-    read_meta,
 )
 from ovrsisbench.data.native import IGNORE_INDEX
 from ovrsisbench.errors import DataError, UserError
@@ -78,13 +77,13 @@ def _up_to_date(out: Path, fingerprint: str) -> DatasetMeta | None:
     if not (out / META_FILE).is_file():
         return None
     try:
-        meta = read_meta(out)
-        counts = [len(PreparedDataset(out).stems(ALL_SPLIT))]
+        dataset = PreparedDataset(out)
+        if dataset.meta.extra.get("prepare", {}).get("fingerprint") != fingerprint:
+            return None
+        complete = len(dataset.stems(ALL_SPLIT)) == dataset.meta.splits[ALL_SPLIT]
     except UserError:
         return None
-    if meta.extra.get("prepare", {}).get("fingerprint") != fingerprint:
-        return None
-    return meta if counts == [meta.splits[ALL_SPLIT]] else None
+    return dataset.meta if complete else None
 
 
 def _written_paths(data_root: Path, out: Path) -> frozenset[Path]:
@@ -195,8 +194,9 @@ def prepare_dataset(
     tiling = tiling or converter.default_tiling
     out = data_root / dataset
     settings = _settings(converter, tiling)
+    download = origin or src  # what the user gave, for meta.json and messages
     written = _written_paths(data_root, out)  # never read as inputs, even inside --src
-    fingerprint = _fingerprint(converter, tiling, origin or src, data_root)
+    fingerprint = _fingerprint(converter, tiling, download, data_root)
     meta = _up_to_date(out, fingerprint)
     if meta is not None:
         return PrepareReport(dataset, meta, up_to_date=True)
@@ -205,7 +205,7 @@ def prepare_dataset(
     with source_tree(src, converter, scratch, progress, written) as (tree, archives):
         pairs, orphans = converter.find_pairs(tree)
         if not pairs:
-            raise converter.nothing_found(src)
+            raise converter.nothing_found(download)
         _check_stems(pairs)
         writer = DatasetWriter(
             out,
@@ -213,7 +213,7 @@ def prepare_dataset(
             list(converter.classes),
             source={
                 "kind": converter.kind,
-                "src": str((origin or src).resolve()),
+                "src": str(download.resolve()),
                 "pairs": len(pairs),
                 "archives": [archive.logical for archive in archives],
                 "provenance": converter.provenance,
@@ -228,16 +228,16 @@ def prepare_dataset(
             )
             if bad and not skip_bad:
                 raise DataError(
-                    f"{len(bad)} bad input(s) in {src}: "
+                    f"{len(bad)} bad input(s) in {download}: "
                     f"{_problems_line([b['problem'] for b in bad])} (fix or remove them, or "
                     "rerun with --skip-bad; finished pairs are kept)"
                 )
             outputs = [output for result in results for output in result.outputs]
             if not results:
-                raise DataError(f"{src}: every input is bad ({len(bad)}), nothing to prepare")
+                raise DataError(f"{download}: every input is bad ({len(bad)}), nothing to prepare")
             if not outputs:
                 raise DataError(
-                    f"{src}: {len(results)} image(s) converted into no output: with edge "
+                    f"{download}: {len(results)} image(s) converted into no output: with edge "
                     f"'{tiling.edge}' every image is smaller than the {tiling.tile} px tile "
                     "(use a smaller --tile, --edge pad, or --tile 0)"
                 )
