@@ -31,7 +31,8 @@ from PIL import Image
 from rasterio.transform import from_origin
 from tabulate import tabulate
 
-from ovrsisbench.data.converters.isprs import BOUNDARY, PALETTE, PotsdamConverter
+from ovrsisbench.data.converters.isprs import BOUNDARY, PALETTE
+from ovrsisbench.data.converters.potsdam import PotsdamConverter
 from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.data.converters.workers import make_pool
 from ovrsisbench.data.layout import read_rgb, write_png

@@ -18,7 +18,7 @@ from rawfixtures.common import assert_prepared, expected_tiles
 from rawfixtures.isprs import write_potsdam_raw
 
 from ovrsisbench.data.converters import engine
-from ovrsisbench.data.converters.isprs import PotsdamConverter
+from ovrsisbench.data.converters.potsdam import PotsdamConverter
 from ovrsisbench.data.prepare import PrepareSettings, prepare
 from ovrsisbench.errors import DataError
 

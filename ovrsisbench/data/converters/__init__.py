@@ -20,11 +20,13 @@ def converter_classes(kind: str) -> dict[str, type[Converter]]:
     if kind != "raw":
         raise UserError(f"unknown --source '{kind}' (use {' or '.join(SOURCE_KINDS)})")
     from ovrsisbench.data.converters.dlrsd import DLRSDConverter
-    from ovrsisbench.data.converters.drone_index import UDD5Converter, VDDConverter
     from ovrsisbench.data.converters.isaid import ISAIDConverter
-    from ovrsisbench.data.converters.isprs import PotsdamConverter, VaihingenConverter
     from ovrsisbench.data.converters.loveda import LoveDAConverter
+    from ovrsisbench.data.converters.potsdam import PotsdamConverter
     from ovrsisbench.data.converters.uavid import UAVidConverter
+    from ovrsisbench.data.converters.udd5 import UDD5Converter
+    from ovrsisbench.data.converters.vaihingen import VaihingenConverter
+    from ovrsisbench.data.converters.vdd import VDDConverter
 
     classes = (
         DLRSDConverter, ISAIDConverter, PotsdamConverter, VaihingenConverter,

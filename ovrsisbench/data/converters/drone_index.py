@@ -1,5 +1,5 @@
-"""UDD5 and VDD: drone JPEGs (``src/*.JPG``) with index-PNG labels (``gt/*.png``) per split folder
-(spec datasets.md sections 7 and 9). Raw values are the native ids."""
+"""What UDD5 and VDD share: drone JPEGs (``src/*.JPG``) with index-PNG labels (``gt/*.png``) in
+one folder per split (spec datasets.md sections 7 and 9); raw values are the native ids."""
 
 from __future__ import annotations
 
@@ -45,27 +45,3 @@ class SplitFolderConverter(Converter):
         return [
             SourcePair(stem, image, label, label.parts[-3].lower()) for stem, image, label in pairs
         ], orphans
-
-
-class UDD5Converter(SplitFolderConverter):
-    dataset = "udd5"
-    splits = ("train", "val")
-    skip_folder = "udd6"  # UDD6 uses a different class order
-    download = (
-        "UDD5/{train,val}/{src,gt} (src/<id>.JPG, gt/<id>.png), extracted or in a zip; "
-        "a UDD6 folder beside it is ignored"
-    )
-    notes = (
-        "full images, no tiling; the paper's 4,198 images (3,149/1,049) come from an "
-        "unpublished tiling of the 160 public images",
-    )
-
-
-class VDDConverter(SplitFolderConverter):
-    dataset = "vdd"
-    splits = ("train", "val", "test")
-    download = "VDD/{train,val,test}/{src,gt} (src/<name>.JPG, gt/<name>.png), extracted or zipped"
-    notes = (
-        "full images, no tiling; the paper's 7,992 images (5,994/1,998) come from an "
-        "unpublished tiling (about 20 tiles per image)",
-    )
