@@ -76,3 +76,35 @@ def slide_inference(
 def whole_inference(images: Tensor, fn: ScoreFn, size: int | Sequence[int]) -> Tensor:
     """Resize to ``size``, apply ``fn`` once, resize the scores back to the input size."""
     return resize_to(fn(resize_to(images, size)), images.shape[-2:])
+
+
+def shortest_edge_size(size: Sequence[int], short: int, max_size: int) -> tuple[int, int]:
+    """(H, W) after detectron2's ``ResizeShortestEdge(short, max_size)``: the shorter side becomes
+    ``short`` unless the longer would then exceed ``max_size``; rounded half up."""
+    height, width = size
+    scale = short / min(height, width)
+    new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
+    if max(new_h, new_w) > max_size:
+        rescale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * rescale, new_w * rescale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize_like_pil(images: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Bilinear resize of (B, C, H, W) images on the 0-255 scale as PIL does for uint8 images:
+    antialiased when shrinking, and rounded to whole levels (PIL returns uint8)."""
+    size = _pair(size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.round().clamp(0, 255)
+
+
+def pad_to_multiple(images: Tensor, multiple: int, value: float = 0.0) -> Tensor:
+    """Pad (B, C, H, W) at the bottom/right so both sides are multiples of ``multiple``
+    (detectron2's ImageList padding)."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+        return images
+    return F.pad(images, (0, pad_w, 0, pad_h), value=value)

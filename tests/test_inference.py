@@ -85,3 +85,34 @@ def test_whole_inference_runs_once_at_the_given_size():
     out = whole_inference(torch.rand(1, 3, 33, 65), record, 32)
     assert sizes == [(32, 32)]
     assert out.shape == (1, 4, 33, 65)
+
+
+def test_shortest_edge_size_follows_detectron2():
+    from ovrsisbench.inference import shortest_edge_size
+
+    assert shortest_edge_size((256, 256), 640, 2560) == (640, 640)
+    assert shortest_edge_size((2160, 3840), 640, 2560) == (640, 1138)  # UAVid frame
+    assert shortest_edge_size((100, 1000), 640, 2560) == (256, 2560)  # capped by the long side
+    assert shortest_edge_size((3000, 4000), 640, 2560) == (640, 853)
+
+
+def test_resize_like_pil_rounds_levels_and_keeps_equal_sizes():
+    from ovrsisbench.inference import resize_like_pil
+
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) % 256
+    assert resize_like_pil(images, (8, 8)) is images
+    up = resize_like_pil(images, (20, 20))
+    assert up.shape == (2, 3, 20, 20) and torch.equal(up, up.round())
+    assert up.min() >= 0 and up.max() <= 255
+    flat = torch.full((1, 3, 16, 16), 77.0)
+    assert torch.equal(resize_like_pil(flat, (5, 7)), torch.full((1, 3, 5, 7), 77.0))
+
+
+def test_pad_to_multiple_pads_bottom_right_only():
+    from ovrsisbench.inference import pad_to_multiple
+
+    images = torch.ones(1, 3, 33, 64)
+    padded = pad_to_multiple(images, 32)
+    assert padded.shape == (1, 3, 64, 64)
+    assert torch.equal(padded[..., :33, :], images) and padded[..., 33:, :].abs().sum() == 0
+    assert pad_to_multiple(images[..., :32, :], 32).shape == (1, 3, 32, 64)
