@@ -2,7 +2,9 @@
 
 from ovrsisbench.adapter import Adapter
 from ovrsisbench.adapters.maskclip import MaskCLIPAdapter
+from ovrsisbench.adapters.rsktseg import RSKTSegAdapter
 
 BUILTINS: dict[str, type[Adapter]] = {
     "maskclip": MaskCLIPAdapter,
+    "rsktseg": RSKTSegAdapter,
 }

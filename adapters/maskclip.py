@@ -39,7 +39,6 @@ SHA-256 of that random state dict, otherwise that of the checkpoint file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import Adapter, file_sha256
+from ovrsisbench.adapter import Adapter, file_sha256, state_dict_sha256
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     long_side_size,
@@ -81,15 +80,6 @@ CHOICES = {
 def weights_cache() -> Path:
     """Where downloaded weights go: ``$OVRSISBENCH_WEIGHTS`` or ``~/.cache/ovrsisbench``."""
     return Path(os.environ.get("OVRSISBENCH_WEIGHTS", Path.home() / ".cache" / "ovrsisbench"))
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """SHA-256 over a module's state dict (key names and tensor bytes, in key order)."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class MaskCLIPAdapter(Adapter):

@@ -99,6 +99,16 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (key names and tensor bytes, in key order): the
+    identity of random weights that no file holds."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def json_sha256(value: Any) -> str:
     """Hex SHA-256 of a JSON-serialisable value in canonical form (sorted keys, no spaces)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

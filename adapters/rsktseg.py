@@ -1,0 +1,258 @@
+"""RSKT-Seg (Li et al., AAAI-26) with the official inference protocol (LiBingyu01/RSKT-Seg).
+
+- Network: ``ovrsisbench.models.rsktseg`` (four-rotation CLIP costs, DINO cost, N efficient
+  aggregator layers, the RS-Transfer decoder), ``backbone`` ``vit-b`` (CLIP ViT-B/16 @384),
+  ``vit-l`` (ViT-L/14 @336) or ``tiny`` (random, small: tests and the demo).
+- Weights: the authors' released checkpoint (detectron2 ``model_final.pth``, or any checkpoint in
+  its key names) holds every weight, CLIP, RemoteCLIP, DINO and head: ``--weights`` is all it
+  needs. The backbone and N are read from it (``backbone`` / ``num_layers`` options, when given,
+  must agree). RemoteCLIP keys of parts that never affect the output (its text tower, image
+  blocks 8-11, ``ln_post``, ``proj``) are not built; they are listed in ``describe()``.
+- Text: each class's first name (the official code uses only the first of comma-separated
+  synonyms) in the single template ``A photo of a {} in the scene``, CLIP text encoder,
+  L2-normalised.
+- ``inference="whole"`` (the official evaluation): detectron2's test resize (shortest edge 640,
+  longest at most 2560, PIL bilinear on 8-bit images), CLIP normalisation on the 0-255 scale,
+  padding to a multiple of 32, the model (which squashes the padded image to each encoder's
+  size), sigmoid, bilinear back to the original size (padding included, as the original).
+  ``inference="slide"``: the official sliding-window path (640x640, 384 windows with stride
+  256, plus a global view, averaged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ovrsisbench.adapter import Adapter, file_sha256, state_dict_sha256
+from ovrsisbench.errors import UserError
+from ovrsisbench.inference import (
+    normalize,
+    pad_to_multiple,
+    resize_like_pil,
+    resize_to,
+    shortest_edge_size,
+)
+from ovrsisbench.models.common.text import RSKTSEG_TEMPLATES, get_tokenizer
+from ovrsisbench.models.rsktseg.checkpoint import (
+    CheckpointMismatchError,
+    load_original,
+    num_layers,
+    unwrap,
+)
+from ovrsisbench.models.rsktseg.head import FUSION_TYPES
+from ovrsisbench.models.rsktseg.model import CONFIGS, RSKTSeg
+
+#: CLIP pixel statistics on the 0-255 scale (RSKT_Seg/config.py CLIP_PIXEL_MEAN/STD).
+CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
+CLIP_STD_255 = (68.5005327, 66.6321579, 70.3231630)
+TEST_SHORT_EDGE, TEST_MAX_SIZE = 640, 2560  # detectron2 INPUT.MIN/MAX_SIZE_TEST
+SLIDE_SIZE, SLIDE_WINDOW, SLIDE_OVERLAP = 640, 384, 0.333
+#: CLIP image-tower width of the released variants, to read the backbone off a checkpoint.
+BACKBONE_OF_WIDTH = {768: "vit-b", 1024: "vit-l"}
+_CLASS_EMBEDDING = "sem_seg_head.predictor.clip_model.visual.class_embedding"
+CHOICES = {
+    "backbone": (None, *CONFIGS),
+    "inference": ("whole", "slide"),
+    "fusion": FUSION_TYPES,
+    "rotations": ("batched", "sequential"),
+}
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file: safetensors, or ``torch.load(weights_only=True)``
+    (detectron2 ``.pth``: the ``model`` entry)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickled objects beyond tensors, a damaged file
+        raise UserError(f"rsktseg: cannot read {path} safely (weights_only): {error}") from error
+    state = unwrap(checkpoint)
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"rsktseg: {path} holds no state dict")
+    return state
+
+
+class RSKTSegAdapter(Adapter):
+    """RSKT-Seg (see the module docstring)."""
+
+    name = "rsktseg"
+    demo_options = {"backbone": "tiny"}
+    default_options = {
+        "backbone": None,  # from the checkpoint (vit-b without one)
+        "num_layers": None,  # from the checkpoint (the config's N without one)
+        "inference": "whole",
+        "fusion": "simple_separate",
+        "rotations": "batched",
+        "seed": 0,
+    }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        for key, allowed in CHOICES.items():
+            if self.options[key] not in allowed:
+                known = ", ".join(str(value) for value in allowed)
+                raise UserError(f"rsktseg option {key}={self.options[key]!r} (choose: {known})")
+        layers = self.options["num_layers"]
+        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)):
+            raise UserError(f"rsktseg option num_layers must be an integer, got {layers!r}")
+        if layers is not None and layers < 1:
+            raise UserError(f"rsktseg option num_layers must be >= 1, got {layers}")
+        self.network: RSKTSeg | None = None
+        self.classes: list[list[str]] | None = None
+        self.text: torch.Tensor | None = None
+        self.unused_keys: list[str] = []
+        self._sha256: str | None = None
+
+    # -- building --------------------------------------------------------------------------
+    def _config(self, backbone: str, layers: int | None):
+        config = CONFIGS[backbone]
+        return replace(
+            config,
+            num_layers=layers or config.num_layers,
+            fusion=self.options["fusion"],
+        )
+
+    def _network(self, backbone: str, layers: int | None, device: torch.device | str) -> RSKTSeg:
+        batched = self.options["rotations"] == "batched"
+        return RSKTSeg(self._config(backbone, layers), batched, device)
+
+    def build(self, device: torch.device | str = "cpu") -> RSKTSeg:
+        """The bare network (random weights; ``meta``: no memory) for the chosen backbone."""
+        return self._network(
+            self.options["backbone"] or "vit-b", self.options["num_layers"], device
+        )
+
+    def encoder_modules(self, network: nn.Module) -> dict[str, nn.Module]:
+        return {"clip": network.clip, "remoteclip": network.remoteclip, "dino": network.dino}
+
+    def _checkpoint_shape(self, state: dict, path: Path) -> tuple[str, int]:
+        """Backbone and N of an original checkpoint; options, when given, must agree."""
+        if _CLASS_EMBEDDING not in state:
+            raise UserError(
+                f"rsktseg: {path} is not an RSKT-Seg checkpoint (no {_CLASS_EMBEDDING})"
+            )
+        width = state[_CLASS_EMBEDDING].shape[-1]
+        backbone = BACKBONE_OF_WIDTH.get(width)
+        if backbone is None:
+            raise UserError(
+                f"rsktseg: {path} has a CLIP of width {width}, not ViT-B/16 or ViT-L/14"
+            )
+        layers = num_layers(state)
+        for option, found in (("backbone", backbone), ("num_layers", layers)):
+            given = self.options[option]
+            if given is not None and given != found:
+                raise UserError(f"rsktseg: {path} is {option}={found}, but {option}={given} given")
+        return backbone, layers
+
+    def load(self, weights: Path | None, device: torch.device | str) -> None:
+        if weights is None:
+            if self.options["backbone"] != "tiny":
+                raise UserError(
+                    "rsktseg needs a trained checkpoint: --weights model_final.pth (the authors' "
+                    "release, which holds every weight) or one trained with ovrsisbench; "
+                    "-o backbone=tiny runs a small random model instead"
+                )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.options["seed"])
+                network = self._network("tiny", self.options["num_layers"], "cpu")
+            self._sha256 = state_dict_sha256(network)
+        else:
+            state = read_checkpoint(Path(weights))
+            backbone, layers = self._checkpoint_shape(state, Path(weights))
+            network = self._network(backbone, layers, "cpu")
+            try:
+                self.unused_keys = load_original(network, state, network.unused_original_keys())
+            except CheckpointMismatchError as error:
+                raise UserError(f"rsktseg: {weights} does not fit {backbone}: {error}") from None
+            self._sha256 = file_sha256(Path(weights))
+        self.network = network.to(device).eval()
+        if self.classes is not None:
+            self._set_text()
+
+    # -- vocabulary and prediction ------------------------------------------------------------
+    def set_vocabulary(self, classes: list[list[str]]) -> None:
+        if not classes or any(not names for names in classes):
+            raise UserError("rsktseg: every class needs at least one prompt name")
+        self.classes = [list(names) for names in classes]
+        if self.network is not None:
+            self._set_text()
+
+    def _set_text(self) -> None:
+        network = self.network
+        tokenizer = get_tokenizer(network.config.clip_arch)
+        prompts = [RSKTSEG_TEMPLATES[0].format(names[0]) for names in self.classes]
+        device = next(network.parameters()).device
+        with torch.inference_mode():
+            self.text = network.encode_text(tokenizer(prompts).to(device))
+
+    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Sigmoid of the logits (B, T, h', w') for CLIP-normalised images."""
+        return self.network(images, self.text).sigmoid()
+
+    def _whole(self, images255: torch.Tensor) -> torch.Tensor:
+        height, width = images255.shape[-2:]
+        size = shortest_edge_size((height, width), TEST_SHORT_EDGE, TEST_MAX_SIZE)
+        x = normalize(resize_like_pil(images255, size), CLIP_MEAN_255, CLIP_STD_255)
+        divisor = self.network.config.size_divisibility
+        probabilities = self._probabilities(pad_to_multiple(x, divisor))
+        # detectron2 sem_seg_postprocess: crop to the unpadded size (no-op on the small map)
+        return resize_to(probabilities[..., : size[0], : size[1]], (height, width))
+
+    def _slide(self, images255: torch.Tensor) -> torch.Tensor:
+        height, width = images255.shape[-2:]
+        size = shortest_edge_size((height, width), TEST_SHORT_EDGE, TEST_MAX_SIZE)
+        mapped = resize_like_pil(images255, size)  # the test mapper runs in this mode too
+        stride = int(SLIDE_WINDOW * (1 - SLIDE_OVERLAP))
+        unfold = nn.Unfold(SLIDE_WINDOW, stride=stride)
+        fold = nn.Fold((SLIDE_SIZE, SLIDE_SIZE), SLIDE_WINDOW, stride=stride)
+        scores = []
+        for image in mapped:
+            square = resize_to(image[None], SLIDE_SIZE)
+            windows = unfold(square)[0].T.reshape(-1, 3, SLIDE_WINDOW, SLIDE_WINDOW)
+            views = torch.cat([windows, resize_to(image[None], SLIDE_WINDOW)])
+            x = normalize(views, CLIP_MEAN_255, CLIP_STD_255)
+            out = resize_to(self.network(x, self.text), SLIDE_WINDOW).sigmoid()
+            ones = torch.ones(1, 1, SLIDE_SIZE, SLIDE_SIZE, device=out.device)
+            count = fold(unfold(ones))
+            folded = fold(out[:-1].flatten(1).T[None]) / count
+            merged = (folded + resize_to(out[-1:], SLIDE_SIZE)) / 2
+            scores.append(resize_to(merged, (height, width)))
+        return torch.cat(scores)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        if self.network is None or self.text is None:
+            raise RuntimeError("rsktseg: call load() and set_vocabulary() before predict()")
+        device = self.text.device
+        images255 = images.to(device, torch.float32) * 255
+        with torch.inference_mode():
+            if self.options["inference"] == "whole":
+                scores = self._whole(images255)
+            else:
+                scores = self._slide(images255)
+        return scores.to(images.device)
+
+    def weights_sha256(self) -> str | None:
+        return self._sha256
+
+    def describe(self) -> dict[str, Any]:
+        config = self.network.config if self.network is not None else None
+        return {
+            "inference": self.options["inference"],
+            "test_resize": {"short_edge": TEST_SHORT_EDGE, "max_size": TEST_MAX_SIZE},
+            "pixel_mean_255": list(CLIP_MEAN_255),
+            "pixel_std_255": list(CLIP_STD_255),
+            "template": RSKTSEG_TEMPLATES[0],
+            "names": "first name of each class",
+            "scores": "sigmoid",
+            "num_layers": config.num_layers if config else None,
+            "rotations": self.options["rotations"],
+            "unused_checkpoint_keys": len(self.unused_keys),
+        }
