@@ -39,14 +39,13 @@ SHA-256 of that random state dict, otherwise that of the checkpoint file.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import Adapter, file_sha256, state_dict_sha256
+from ovrsisbench.adapter import Adapter, file_sha256, state_dict_sha256, weights_cache
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     long_side_size,
@@ -75,11 +74,6 @@ CHOICES = {
     "inference": ("slide", "whole"),
     "templates": tuple(TEMPLATE_SETS),
 }
-
-
-def weights_cache() -> Path:
-    """Where downloaded weights go: ``$OVRSISBENCH_WEIGHTS`` or ``~/.cache/ovrsisbench``."""
-    return Path(os.environ.get("OVRSISBENCH_WEIGHTS", Path.home() / ".cache" / "ovrsisbench"))
 
 
 class MaskCLIPAdapter(Adapter):

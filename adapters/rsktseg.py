@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import Adapter, file_sha256, state_dict_sha256
+from ovrsisbench.adapter import Adapter, file_sha256, state_dict_sha256, weights_cache
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     normalize,
@@ -37,6 +37,7 @@ from ovrsisbench.inference import (
     resize_to,
     shortest_edge_size,
 )
+from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_pretrained
 from ovrsisbench.models.common.text import RSKTSEG_TEMPLATES, get_tokenizer
 from ovrsisbench.models.rsktseg.checkpoint import (
     CheckpointMismatchError,
@@ -45,7 +46,14 @@ from ovrsisbench.models.rsktseg.checkpoint import (
     unwrap,
 )
 from ovrsisbench.models.rsktseg.head import FUSION_TYPES
-from ovrsisbench.models.rsktseg.model import CONFIGS, RSKTSeg
+from ovrsisbench.models.rsktseg.model import CLIP_NAMES, CONFIGS, RSKTSeg
+from ovrsisbench.models.rsktseg.pretrained import (
+    REMOTECLIP_FILE,
+    REMOTECLIP_SOURCE,
+    RSIB_FILE,
+    RSIB_SOURCE,
+    load_pretrained_encoders,
+)
 
 #: CLIP pixel statistics on the 0-255 scale (RSKT_Seg/config.py CLIP_PIXEL_MEAN/STD).
 CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
@@ -60,6 +68,7 @@ CHOICES = {
     "inference": ("whole", "slide"),
     "fusion": FUSION_TYPES,
     "rotations": ("batched", "sequential"),
+    "init": ("checkpoint", "pretrained"),
 }
 
 
@@ -91,6 +100,9 @@ class RSKTSegAdapter(Adapter):
         "inference": "whole",
         "fusion": "simple_separate",
         "rotations": "batched",
+        "init": "checkpoint",
+        "clip_weights": "openai",  # init=pretrained: open_clip tag or file
+        "weights_dir": None,  # init=pretrained: RemoteCLIP and RSIB files [$OVRSISBENCH_WEIGHTS]
         "seed": 0,
     }
 
@@ -152,8 +164,38 @@ class RSKTSegAdapter(Adapter):
                 raise UserError(f"rsktseg: {path} is {option}={found}, but {option}={given} given")
         return backbone, layers
 
+    def _pretrained(self) -> RSKTSeg:
+        """Encoders from their pretrained files, head random: a starting point for training."""
+        backbone = self.options["backbone"] or "vit-b"
+        if backbone == "tiny":
+            raise UserError("rsktseg: init=pretrained needs backbone vit-b or vit-l")
+        folder = Path(self.options["weights_dir"] or weights_cache())
+        files = {}
+        for name, source in ((REMOTECLIP_FILE, REMOTECLIP_SOURCE), (RSIB_FILE, RSIB_SOURCE)):
+            path = folder / name
+            if not path.is_file():
+                raise UserError(f"rsktseg: {path} is missing; get {name} from {source}")
+            files[name] = path
+        network = self._network(backbone, self.options["num_layers"], "cpu")
+        try:
+            clip_file = resolve_pretrained(
+                CLIP_NAMES[backbone], self.options["clip_weights"], folder
+            )
+            self.unused_keys = load_pretrained_encoders(
+                network,
+                load_state_dict_file(clip_file),
+                torch.load(files[REMOTECLIP_FILE], map_location="cpu", weights_only=True),
+                files[RSIB_FILE],
+            )
+        except (ValueError, RuntimeError, OSError) as error:
+            raise UserError(f"rsktseg: cannot load the pretrained encoders: {error}") from error
+        return network
+
     def load(self, weights: Path | None, device: torch.device | str) -> None:
-        if weights is None:
+        if weights is None and self.options["init"] == "pretrained":
+            network = self._pretrained()
+            self._sha256 = state_dict_sha256(network)
+        elif weights is None:
             if self.options["backbone"] != "tiny":
                 raise UserError(
                     "rsktseg needs a trained checkpoint: --weights model_final.pth (the authors' "
@@ -254,5 +296,6 @@ class RSKTSegAdapter(Adapter):
             "scores": "sigmoid",
             "num_layers": config.num_layers if config else None,
             "rotations": self.options["rotations"],
+            "init": self.options["init"],
             "unused_checkpoint_keys": len(self.unused_keys),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -97,6 +98,12 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_cache() -> Path:
+    """Where weights are looked for and downloaded: ``$OVRSISBENCH_WEIGHTS`` or
+    ``~/.cache/ovrsisbench``."""
+    return Path(os.environ.get("OVRSISBENCH_WEIGHTS", Path.home() / ".cache" / "ovrsisbench"))
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

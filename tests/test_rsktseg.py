@@ -244,3 +244,14 @@ def test_adapters_info_reports_the_built_groups(cli):
     assert groups["head"] == {"total": 12_190_913, "trainable": 12_190_913}
     assert info["trainable"] == 32_638_145
     assert info["total"] == 398_896_835 - (REMOTECLIP_FULL - groups["remoteclip"]["total"])
+
+
+def test_pretrained_init_names_each_missing_encoder_file_and_its_source(tmp_path):
+    adapter = create_adapter("rsktseg", init="pretrained", weights_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"RemoteCLIP-ViT-B-32.pt is missing; get .* from https://"):
+        adapter.load(None, "cpu")
+    (tmp_path / "RemoteCLIP-ViT-B-32.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"RSIB.pth is missing; get .* Google Drive"):
+        adapter.load(None, "cpu")
+    with pytest.raises(UserError, match="init=pretrained needs backbone vit-b or vit-l"):
+        create_adapter("rsktseg", backbone="tiny", init="pretrained").load(None, "cpu")
