@@ -255,3 +255,32 @@ def test_pretrained_init_names_each_missing_encoder_file_and_its_source(tmp_path
         adapter.load(None, "cpu")
     with pytest.raises(UserError, match="init=pretrained needs backbone vit-b or vit-l"):
         create_adapter("rsktseg", backbone="tiny", init="pretrained").load(None, "cpu")
+
+
+def test_run_with_the_tiny_backbone_on_synthetic_data(cli, synthetic_root, tmp_path):
+    import json
+
+    args = ["--protocol", "demo", "--data-root", synthetic_root, "--results", tmp_path]
+    result = cli("run", "--model", "rsktseg", "--backbone", "tiny", "--device", "cpu", *args)
+    assert result.code == 0, result.err
+    records = sorted((tmp_path / "records").rglob("*.json"))
+    assert len(records) == 2
+    record = json.loads(records[0].read_text())
+    assert record["options"]["backbone"] == "tiny"
+    assert record["params"]["trainable"] < record["params"]["total"]
+    assert record["timing"]["inference"]["scores"] == "sigmoid"
+
+
+@pytest.mark.slow
+def test_a_released_format_vitb_checkpoint_alone_is_enough(tmp_path):
+    """The whole ViT-B model in the original key names (about 1.6 GB): --weights alone."""
+    torch.manual_seed(2)
+    model = RSKTSeg(CONFIGS["vit-b"])
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": _original_state(model), "iteration": 29999}, path)
+    adapter = create_adapter("rsktseg")
+    adapter.load(path, "cpu")
+    assert adapter.network.config.num_layers == 3
+    assert len(adapter.unused_keys) == len(model.unused_original_keys())
+    for key, value in model.state_dict().items():
+        assert torch.equal(adapter.network.state_dict()[key], value), key
