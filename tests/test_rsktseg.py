@@ -4,6 +4,7 @@ checkpoints, and the adapter end to end."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,25 @@ from ovrsisbench.models.rsktseg.model import CONFIGS, RSKTSeg
 DATA = Path(__file__).parent / "data"
 
 # param_counts.md 1.2 / 1.4 / 1.5 (the original code, instantiated)
-FULL = {
-    "vit-b": {"clip": 149_620_737, "new": 12_190_913, "total": 398_896_835, "train": 32_638_145},
-    "vit-l": {"clip": 427_944_193, "new": 13_261_121, "total": 678_290_499, "train": 77_748_545},
+FULL = {  # (backbone, N)
+    ("vit-b", 3): {
+        "clip": 149_620_737,
+        "new": 12_190_913,
+        "total": 398_896_835,
+        "train": 32_638_145,
+    },
+    ("vit-b", 5): {
+        "clip": 149_620_737,
+        "new": 13_852_097,
+        "total": 400_558_019,
+        "train": 34_299_329,
+    },
+    ("vit-l", 2): {
+        "clip": 427_944_193,
+        "new": 13_261_121,
+        "total": 678_290_499,
+        "train": 77_748_545,
+    },
 }
 DINO = 85_807_872
 REMOTECLIP_FULL = 151_277_313
@@ -102,10 +119,10 @@ def test_only_clip_qv_and_new_modules_train_and_frozen_encoders_get_no_gradient(
     )
 
 
-@pytest.mark.parametrize("backbone", ["vit-b", "vit-l"])
-def test_full_size_parameter_counts_match_the_original(backbone):
-    model = RSKTSeg(CONFIGS[backbone], device="meta")
-    counts = FULL[backbone]
+@pytest.mark.parametrize(("backbone", "layers"), list(FULL))
+def test_full_size_parameter_counts_match_the_original(backbone, layers):
+    model = RSKTSeg(replace(CONFIGS[backbone], num_layers=layers), device="meta")
+    counts = FULL[backbone, layers]
     assert count_parameters(model.clip) == (counts["clip"], CLIP_QV[backbone])
     assert count_parameters(model.dino) == (DINO, 0)
     new = [model.decoder, *(getattr(model, name) for name in TOP_LEVEL_CONV_NAMES)]
