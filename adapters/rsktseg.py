@@ -81,8 +81,10 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickled objects beyond tensors, a damaged file
-        raise UserError(f"rsktseg: cannot read {path} safely (weights_only): {error}") from error
+    except FileNotFoundError:
+        raise UserError(f"rsktseg: weights file {path} does not exist") from None
+    except Exception as error:  # a damaged file, or pickled objects beyond tensors
+        raise UserError(f"rsktseg: cannot read {path} (weights_only): {error}") from error
     state = unwrap(checkpoint)
     if not isinstance(state, dict) or not state:
         raise UserError(f"rsktseg: {path} holds no state dict")
@@ -187,7 +189,7 @@ class RSKTSegAdapter(Adapter):
                 torch.load(files[REMOTECLIP_FILE], map_location="cpu", weights_only=True),
                 files[RSIB_FILE],
             )
-        except (ValueError, RuntimeError, OSError) as error:
+        except Exception as error:  # unreadable or mismatching files: name the cause
             raise UserError(f"rsktseg: cannot load the pretrained encoders: {error}") from error
         return network
 
@@ -297,5 +299,5 @@ class RSKTSegAdapter(Adapter):
             "num_layers": config.num_layers if config else None,
             "rotations": self.options["rotations"],
             "init": self.options["init"],
-            "unused_checkpoint_keys": len(self.unused_keys),
+            "unused_checkpoint_keys": self.unused_keys,
         }

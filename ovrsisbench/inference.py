@@ -1,7 +1,8 @@
 """Shared test-time geometry for adapters: normalisation, resizing, sliding windows, whole image.
 
-Pure torch and device-agnostic. ``fn`` below maps a (B, 3, h, w) batch to (B, K, h', w')
-scores; outputs at another resolution than their input are resized bilinearly to it.
+Device-agnostic torch (``resize_like_pil`` goes through PIL on the CPU, as detectron2 does).
+``fn`` below maps a (B, 3, h, w) batch to (B, K, h', w') scores; outputs at another resolution
+than their input are resized bilinearly to it.
 """
 
 from __future__ import annotations
@@ -91,13 +92,23 @@ def shortest_edge_size(size: Sequence[int], short: int, max_size: int) -> tuple[
 
 
 def resize_like_pil(images: Tensor, size: int | Sequence[int]) -> Tensor:
-    """Bilinear resize of (B, C, H, W) images on the 0-255 scale as PIL does for uint8 images:
-    antialiased when shrinking, and rounded to whole levels (PIL returns uint8)."""
-    size = _pair(size)
-    if tuple(images.shape[-2:]) == size:
-        return images
-    resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return resized.round().clamp(0, 255)
+    """Resize (B, C, H, W) images on the 0-255 scale exactly as detectron2's test-time
+    ``ResizeTransform`` does: each image as 8-bit through PIL's bilinear filter (PIL is exact
+    here; torch's antialiased bilinear differs by one level on many pixels). Returns float
+    0-255 values on the input's device."""
+    import numpy as np
+    from PIL import Image
+
+    height, width = _pair(size)
+    if tuple(images.shape[-2:]) == (height, width):
+        return images.round().clamp(0, 255)
+    pixels = images.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    resized = [
+        np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        for image in pixels
+    ]
+    out = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2)
+    return out.to(images.device, torch.float32)
 
 
 def pad_to_multiple(images: Tensor, multiple: int, value: float = 0.0) -> Tensor:

@@ -96,16 +96,22 @@ def test_shortest_edge_size_follows_detectron2():
     assert shortest_edge_size((3000, 4000), 640, 2560) == (640, 853)
 
 
-def test_resize_like_pil_rounds_levels_and_keeps_equal_sizes():
+def test_resize_like_pil_is_pil_bilinear_on_8_bit_images():
+    import numpy as np
+    from PIL import Image
+
     from ovrsisbench.inference import resize_like_pil
 
-    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) % 256
-    assert resize_like_pil(images, (8, 8)) is images
-    up = resize_like_pil(images, (20, 20))
-    assert up.shape == (2, 3, 20, 20) and torch.equal(up, up.round())
-    assert up.min() >= 0 and up.max() <= 255
-    flat = torch.full((1, 3, 16, 16), 77.0)
-    assert torch.equal(resize_like_pil(flat, (5, 7)), torch.full((1, 3, 5, 7), 77.0))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(2, 40, 30, 3), dtype=np.uint8)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    assert torch.equal(resize_like_pil(images, (40, 30)), images)
+    for size in [(100, 75), (16, 12)]:  # up and down (PIL antialiases when shrinking)
+        out = resize_like_pil(images, size)
+        for index in range(2):
+            want = Image.fromarray(pixels[index]).resize(size[::-1], Image.BILINEAR)
+            got = out[index].permute(1, 2, 0).numpy().astype(np.uint8)
+            np.testing.assert_array_equal(got, np.asarray(want))
 
 
 def test_pad_to_multiple_pads_bottom_right_only():

@@ -301,3 +301,43 @@ def test_a_released_format_vitb_checkpoint_alone_is_enough(tmp_path):
     assert len(adapter.unused_keys) == len(model.unused_original_keys())
     for key, value in model.state_dict().items():
         assert torch.equal(adapter.network.state_dict()[key], value), key
+
+
+def test_forward_equals_a_literal_port_of_the_original():
+    """Against tests/rsktseg_reference.py on a tiny config where every positional embedding
+    is resized and the padded input is not square (catches wiring: guidance order, hooks,
+    DINO indices, rotations, costs)."""
+    from rsktseg_reference import original_forward
+
+    from ovrsisbench.inference import pad_to_multiple
+
+    torch.manual_seed(3)
+    config = replace(CONFIGS["tiny"], clip_size=96, remote_size=192, dino_size=96, num_layers=2)
+    model = RSKTSeg(config).eval()
+    images = pad_to_multiple(torch.randn(2, 3, 70, 130), 32)
+    text = _text(5)
+    with torch.no_grad():
+        ours, reference = model(images, text), original_forward(model, images, text)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_whole_image_protocol_is_the_official_pipeline():
+    """Shortest edge 640 through PIL on 8-bit pixels, CLIP statistics on the 0-255 scale,
+    padding to 32, the network, sigmoid, crop, bilinear back (spec 8.1), built by hand."""
+    import numpy as np
+    from PIL import Image
+
+    adapter = create_adapter("rsktseg", backbone="tiny")
+    adapter.load(None, "cpu")
+    adapter.set_vocabulary([["road"], ["tree"]])
+    pixels = np.random.default_rng(0).integers(0, 256, (50, 87, 3), dtype=np.uint8)
+    resized = np.array(Image.fromarray(pixels).resize((1114, 640), Image.BILINEAR))  # 87*12.8
+    x = torch.from_numpy(resized).permute(2, 0, 1)[None].float()
+    mean = torch.tensor([122.7709383, 116.7460125, 104.09373615]).view(1, 3, 1, 1)
+    std = torch.tensor([68.5005327, 66.6321579, 70.3231630]).view(1, 3, 1, 1)
+    x = F.pad((x - mean) / std, (0, 6, 0, 0))  # to 640 x 1120; the padding stays in the output
+    with torch.no_grad():
+        probabilities = adapter.network(x, adapter.text).sigmoid()
+    expected = F.interpolate(probabilities, size=(50, 87), mode="bilinear", align_corners=False)
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    torch.testing.assert_close(adapter.predict(image), expected, rtol=0, atol=1e-6)

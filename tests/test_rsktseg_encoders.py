@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -678,6 +679,8 @@ def test_load_rsib_checkpoint_teacher_prefixes_and_strictness(tmp_path):
     assert "unexpected keys: blocks.0.attn.extra" in str(error.value)
     pickled = tmp_path / "dino_train.pth"
     torch.save({"teacher": teacher, "args": argparse.Namespace(arch="vit_base")}, pickled)
-    with pytest.raises(ValueError, match="allow_pickle"):
-        load_rsib_checkpoint(pickled, model=build_rsib(TINY_RSIB_CONFIG))
-    load_rsib_checkpoint(pickled, model=build_rsib(TINY_RSIB_CONFIG), allow_pickle=True)
+    load_rsib_checkpoint(pickled, model=build_rsib(TINY_RSIB_CONFIG))  # weights_only still
+    evil = tmp_path / "evil.pth"
+    torch.save({"teacher": teacher, "other": Path("x")}, evil)  # any other class is refused
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        load_rsib_checkpoint(evil, model=build_rsib(TINY_RSIB_CONFIG))

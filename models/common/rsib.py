@@ -22,6 +22,7 @@ hard-coded constant (``RSIB_SCALE_FACTOR``), and for other grids is what DINO v1
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -122,20 +123,15 @@ def rsib_intermediate(
     return [saved[index] for index in indices]
 
 
-def _read_checkpoint(path: str | Path, allow_pickle: bool) -> Any:
-    try:
+def _read_checkpoint(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)``; DINO training checkpoints also hold the
+    ``argparse.Namespace`` of their run, allowed as the one non-tensor class."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # re-raised with advice unless pickles are allowed
-        if not allow_pickle:
-            raise ValueError(
-                f"{path} cannot be read with weights_only=True ({error}); if the file is "
-                "trusted, pass allow_pickle=True"
-            ) from error
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def rsib_state_from_checkpoint(
-    path_or_state: str | Path | Mapping[str, Any], allow_pickle: bool = False
+    path_or_state: str | Path | Mapping[str, Any],
 ) -> tuple[dict[str, Tensor], list[str]]:
     """The backbone state dict of an RSIB/DINO checkpoint, as RSKT-Seg's ``BuildRSIB`` reads it:
     the ``teacher`` entry if present, ``module.`` and ``backbone.`` prefixes stripped. DINO's
@@ -143,7 +139,7 @@ def rsib_state_from_checkpoint(
     ``strict=False`` load drops them silently) are removed and returned as the second item."""
     state = path_or_state
     if isinstance(path_or_state, (str, Path)):
-        state = _read_checkpoint(path_or_state, allow_pickle)
+        state = _read_checkpoint(path_or_state)
     if not isinstance(state, Mapping):
         raise ValueError("the RSIB checkpoint does not hold a state dict")
     if isinstance(state.get("teacher"), Mapping):
@@ -160,16 +156,15 @@ def rsib_state_from_checkpoint(
 def load_rsib_checkpoint(
     path_or_state: str | Path | Mapping[str, Any],
     model: nn.Module | None = None,
-    allow_pickle: bool = False,
 ) -> nn.Module:
     """Load an RSIB checkpoint (file or dict; see ``rsib_state_from_checkpoint``) STRICTLY into
     ``model`` (default: a new ``build_rsib()``); raises ``CheckpointMismatchError`` naming every
     missing, unexpected or mis-shaped key. Returns the model (eval mode, fp32).
 
-    Files are read with ``weights_only=True``; DINO training checkpoints also pickle an
-    ``argparse.Namespace``, which needs ``allow_pickle=True`` (only for trusted files).
+    Files are read with ``weights_only=True`` (the ``argparse.Namespace`` that DINO training
+    checkpoints also hold is the one class allowed).
     """
-    state, _ = rsib_state_from_checkpoint(path_or_state, allow_pickle)
+    state, _ = rsib_state_from_checkpoint(path_or_state)
     model = build_rsib() if model is None else model
     floats = {
         key: value.float() if isinstance(value, Tensor) and value.is_floating_point() else value
