@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import Adapter, file_sha256, state_dict_sha256, weights_cache
+from ovrsisbench.adapter import PromptAdapter, file_sha256, state_dict_sha256, weights_cache
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     long_side_size,
@@ -76,7 +76,7 @@ CHOICES = {
 }
 
 
-class MaskCLIPAdapter(Adapter):
+class MaskCLIPAdapter(PromptAdapter):
     """Training-free MaskCLIP on an OpenAI CLIP ViT (see the module docstring)."""
 
     name = "maskclip"
@@ -116,7 +116,6 @@ class MaskCLIPAdapter(Adapter):
                 f"{self.options['window']}: windows would leave pixels unscored"
             )
         self.network: MaskCLIP | None = None
-        self.classes: list[list[str]] | None = None
         self._sha256: str | None = None
 
     @property
@@ -151,18 +150,9 @@ class MaskCLIPAdapter(Adapter):
         except (ValueError, RuntimeError, OSError) as error:
             raise UserError(f"maskclip: cannot load weights {pretrained}: {error}") from error
         self._sha256 = file_sha256(checkpoint) if checkpoint else state_dict_sha256(clip)
-        self.network = self._network(clip).to(device)
-        if self.classes is not None:
-            self._set_text()
+        self.use_network(self._network(clip).to(device))
 
-    def set_vocabulary(self, classes: list[list[str]]) -> None:
-        if not classes or any(not names for names in classes):
-            raise UserError("maskclip: every class needs at least one prompt name")
-        self.classes = [list(names) for names in classes]
-        if self.network is not None:
-            self._set_text()
-
-    def _set_text(self) -> None:
+    def embed_classes(self) -> None:
         templates = TEMPLATE_SETS[self.options["templates"]]
         tokenizer = get_tokenizer(self.arch)
         classifier = build_text_classifier(self.network.clip, tokenizer, self.classes, templates)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import Adapter, file_sha256, state_dict_sha256, weights_cache
+from ovrsisbench.adapter import PromptAdapter, file_sha256, state_dict_sha256, weights_cache
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     normalize,
@@ -91,7 +91,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class RSKTSegAdapter(Adapter):
+class RSKTSegAdapter(PromptAdapter):
     """RSKT-Seg (see the module docstring)."""
 
     name = "rsktseg"
@@ -120,7 +120,6 @@ class RSKTSegAdapter(Adapter):
         if layers is not None and layers < 1:
             raise UserError(f"rsktseg option num_layers must be >= 1, got {layers}")
         self.network: RSKTSeg | None = None
-        self.classes: list[list[str]] | None = None
         self.text: torch.Tensor | None = None
         self.unused_keys: list[str] = []
         self._sha256: str | None = None
@@ -217,19 +216,10 @@ class RSKTSegAdapter(Adapter):
             except CheckpointMismatchError as error:
                 raise UserError(f"rsktseg: {weights} does not fit {backbone}: {error}") from None
             self._sha256 = file_sha256(Path(weights))
-        self.network = network.to(device).eval()
-        if self.classes is not None:
-            self._set_text()
+        self.use_network(network.to(device).eval())
 
     # -- vocabulary and prediction ------------------------------------------------------------
-    def set_vocabulary(self, classes: list[list[str]]) -> None:
-        if not classes or any(not names for names in classes):
-            raise UserError("rsktseg: every class needs at least one prompt name")
-        self.classes = [list(names) for names in classes]
-        if self.network is not None:
-            self._set_text()
-
-    def _set_text(self) -> None:
+    def embed_classes(self) -> None:
         network = self.network
         tokenizer = get_tokenizer(network.config.clip_arch)
         prompts = [RSKTSEG_TEMPLATES[0].format(names[0]) for names in self.classes]

@@ -80,6 +80,30 @@ class Adapter:
         return {}
 
 
+class PromptAdapter(Adapter):
+    """An adapter that embeds the class names with its network's text encoder: the vocabulary
+    may be set before or after ``load``; ``embed_classes`` runs once both are there."""
+
+    classes: list[list[str]] | None = None
+
+    def set_vocabulary(self, classes: list[list[str]]) -> None:
+        if not classes or any(not names for names in classes):
+            raise UserError(f"{self.name}: every class needs at least one prompt name")
+        self.classes = [list(names) for names in classes]
+        if self.network is not None:
+            self.embed_classes()
+
+    def use_network(self, network: torch.nn.Module) -> None:
+        """Adopt the loaded ``network`` (called by ``load``), embedding the classes if set."""
+        self.network = network
+        if self.classes is not None:
+            self.embed_classes()
+
+    def embed_classes(self) -> None:
+        """Embed ``self.classes`` with ``self.network`` (both are set)."""
+        raise NotImplementedError
+
+
 def _json_values(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Options as they will read back from a result record (tuples become lists)."""
     try:

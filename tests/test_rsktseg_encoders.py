@@ -23,7 +23,6 @@ from ovrsisbench.models.common.catseg_clip import (
     build_catseg_clip,
     build_remoteclip,
     dense_forward,
-    embed_image,
     encode_text,
     load_remoteclip_weights,
     remote_hooks,
@@ -33,6 +32,7 @@ from ovrsisbench.models.common.dense_clip import (
     CheckpointMismatchError,
     DenseCLIP,
     build_clip,
+    embed_tokens,
     run_block,
 )
 from ovrsisbench.models.common.rsib import (
@@ -514,7 +514,7 @@ def test_dense_forward_matches_slow_reference(size, no_mha_fastpath):
     assert all(torch.equal(a, b) for a, b in zip(maps, intermediate, strict=True))
     # the dense block really replaces the last block: it differs from the normal forward
     with torch.no_grad():
-        tokens, _ = embed_image(split.visual, images)
+        tokens, _ = embed_tokens(split.visual, images)
         normal = split.visual.ln_post(split.visual.transformer(tokens)) @ split.visual.proj
     assert not torch.allclose(normal[:, 1:].transpose(1, 2).reshape(dense.shape), dense)
 
@@ -529,8 +529,9 @@ def test_dense_forward_accepts_image_tower_and_checks_inputs(no_mha_fastpath):
     assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0]) and a[1] == b[1] == []
     with pytest.raises(ValueError, match="outside"):
         dense_forward(split, images, hooks=(3,))  # the last (dense) block cannot be hooked
-    with pytest.raises(ValueError, match="multiple"):
-        dense_forward(split, torch.randn(1, 3, 60, 64), hooks=())
+    with torch.no_grad():  # sides not multiples of the patch: zero-padded (as DenseCLIP)
+        padded = dense_forward(split, torch.randn(1, 3, 60, 64), hooks=())[0]
+    assert padded.shape[-2:] == (4, 4)
 
 
 def test_four_rotation_batch_equals_separate_forwards():

@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from .dense_clip import (
     CheckpointMismatchError,
     build_clip,
-    interpolate_pos_embed,
     load_weights_strict,
-    run_block,
+    run_blocks,
+    tokens_to_map,
 )
 from .split_attention import SplitQKVAttention, split_fused_state_dict, split_qkv
 
@@ -49,9 +49,7 @@ CATSEG_CLIP_ARCHS = {"ViT-B/16": "ViT-B-16-quickgelu", "ViT-L/14@336px": "ViT-L-
 #: The architecture of RemoteCLIP-ViT-B-32 as the official RSKT-Seg code builds it.
 REMOTECLIP_ARCH = "ViT-B-32-quickgelu"
 
-#: Hooked CLIP blocks (0-based) per backbone in RSKT-Seg: (3, 7) for ViT-B/16 and RemoteCLIP
-#: ViT-B/32, (7, 15) for ViT-L/14@336.
-CATSEG_HOOKS = {"ViT-B/16": (3, 7), "ViT-L/14@336px": (7, 15)}
+#: RemoteCLIP blocks (0-based) whose outputs RSKT-Seg reads.
 REMOTECLIP_HOOKS = (3, 7)
 
 #: A tiny random OpenAI-style CLIP for tests: ViT 4x32 (patch 16 at 64 px -> 4x4 grid), text 2x32.
@@ -161,38 +159,6 @@ def _visual(model: nn.Module) -> nn.Module:
     return visual
 
 
-def embed_image(visual: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """Patch tokens with the CLS token and the (resized) positional embedding, after ``ln_pre``:
-    (B, 1 + h*w, W) batch-first, and the grid (h, w). Sides must be multiples of the patch."""
-    ph, pw = visual.patch_size
-    if images.shape[-2] % ph or images.shape[-1] % pw:
-        raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of {ph}x{pw}")
-    x = visual.conv1(images.to(visual.conv1.weight.dtype))
-    grid = (x.shape[-2], x.shape[-1])
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    pos = interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid)
-    x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
-    return visual.ln_pre(x), grid
-
-
-def tokens_to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-    """(B, 1 + h*w, C) tokens -> (B, C, h, w), CLS dropped."""
-    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
-
-
-def _run_blocks(
-    visual: nn.Module, images: Tensor, hooks: Sequence[int], stop: int
-) -> tuple[Tensor, tuple[int, int], list[Tensor]]:
-    x, grid = embed_image(visual, images)
-    saved: dict[int, Tensor] = {}
-    for index, block in enumerate(visual.transformer.resblocks[:stop]):
-        x = run_block(block, x)
-        if index in hooks:
-            saved[index] = tokens_to_map(x, grid)
-    return x, grid, [saved[index] for index in hooks]
-
-
 def catseg_dense_block(block: nn.Module, x: Tensor) -> Tensor:
     """Cat-Seg's dense replacement of the last block on batch-first tokens (B, N, W)."""
     attn = block.attn
@@ -201,14 +167,6 @@ def catseg_dense_block(block: nn.Module, x: Tensor) -> Tensor:
     qkv = nn.functional.linear(block.ln_1(x), weight, attn.in_proj_bias)
     token = attn.out_proj(qkv[..., 2 * width :]) + x[:, :1]
     return token + block.mlp(block.ln_2(token))
-
-
-def _check_hooks(hooks: Sequence[int], allowed: int) -> tuple[int, ...]:
-    hooks = tuple(hooks)
-    for index in hooks:
-        if not 0 <= index < allowed:
-            raise ValueError(f"hook block index {index} is outside 0..{allowed - 1}")
-    return hooks
 
 
 def dense_forward(
@@ -223,8 +181,7 @@ def dense_forward(
     """
     visual = _visual(clip)
     last = len(visual.transformer.resblocks) - 1
-    hooks = _check_hooks(hooks, last)
-    x, grid, maps = _run_blocks(visual, images, hooks, last)
+    x, grid, maps = run_blocks(visual, images, tuple(hooks), last, last)
     x = catseg_dense_block(visual.transformer.resblocks[-1], x)
     x = visual.ln_post(x) @ visual.proj
     return tokens_to_map(x, grid), maps
@@ -237,8 +194,8 @@ def remote_hooks(
     (``RemoteCLIPVision``, or any open_clip ViT); runs only blocks ``0..max(hooks)``. For
     RSKT-Seg: 768x768 input -> two (B, 768, 24, 24) maps."""
     visual = _visual(remote)
-    hooks = _check_hooks(hooks, len(visual.transformer.resblocks))
-    return _run_blocks(visual, images, hooks, max(hooks, default=-1) + 1)[2]
+    depth = len(visual.transformer.resblocks)
+    return run_blocks(visual, images, tuple(hooks), depth, max(hooks, default=-1) + 1)[2]
 
 
 def encode_text(clip: open_clip.CLIP, tokens: Tensor) -> Tensor:

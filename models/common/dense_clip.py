@@ -211,6 +211,43 @@ DENSE_MODES: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
 }
 
 
+def embed_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """Tokens (B, 1 + h*w, C) after ``ln_pre`` of an open_clip ViT image tower, with the CLS
+    token and the positional embedding resized to the grid (h, w); sides that are not multiples
+    of the patch are zero-padded at the bottom/right."""
+    ph, pw = visual.patch_size
+    images = F.pad(images, (0, -images.shape[-1] % pw, 0, -images.shape[-2] % ph))
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))
+    grid = (x.shape[-2], x.shape[-1])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    pos = interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid)
+    x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
+    return visual.ln_pre(x), grid
+
+
+def tokens_to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, 1 + h*w, C) tokens -> (B, C, h, w), CLS dropped."""
+    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+
+
+def run_blocks(
+    visual: nn.Module, images: Tensor, blocks: Sequence[int], allowed: int, stop: int
+) -> tuple[Tensor, tuple[int, int], list[Tensor]]:
+    """Run blocks ``0..stop-1`` of an image tower; return the tokens, the grid and the raw
+    outputs (B, C, h, w) of ``blocks`` (each must be below ``allowed``)."""
+    for index in blocks:
+        if not 0 <= index < allowed:
+            raise ValueError(f"block index {index} is outside 0..{allowed - 1}")
+    x, grid = embed_tokens(visual, images)
+    saved = {}
+    for index, block in enumerate(visual.transformer.resblocks[:stop]):
+        x = run_block(block, x)
+        if index in blocks:
+            saved[index] = tokens_to_map(x, grid)
+    return x, grid, [saved[index] for index in blocks]
+
+
 @dataclass
 class DenseFeatures:
     """Dense last-block features (B, D, h, w) and the requested raw block outputs (B, C, h, w)."""
@@ -240,35 +277,6 @@ class DenseCLIP(nn.Module):
         """Unnormalised text embeddings (T, D) of token ids (T, context_length)."""
         return self.model.encode_text(tokens)
 
-    def _embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        visual = self.model.visual
-        ph, pw = self.patch_size
-        images = F.pad(images, (0, -images.shape[-1] % pw, 0, -images.shape[-2] % ph))
-        x = visual.conv1(images.to(visual.conv1.weight.dtype))
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        pos = interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid)
-        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
-        return visual.ln_pre(x), grid
-
-    @staticmethod
-    def _to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
-
-    def _blocks(self, images: Tensor, blocks: Sequence[int], allowed: int, stop: int):
-        """Run blocks ``0..stop-1``; keep the outputs of ``blocks`` (each below ``allowed``)."""
-        for index in blocks:
-            if not 0 <= index < allowed:
-                raise ValueError(f"block index {index} is outside 0..{allowed - 1}")
-        x, grid = self._embed(images)
-        saved = {}
-        for index, block in enumerate(self.model.visual.transformer.resblocks[:stop]):
-            x = run_block(block, x)
-            if index in blocks:
-                saved[index] = self._to_map(x, grid)
-        return x, grid, [saved[index] for index in blocks]
-
     def forward(
         self, images: Tensor, mode: str = "maskclip", blocks: Sequence[int] = ()
     ) -> DenseFeatures:
@@ -277,10 +285,10 @@ class DenseCLIP(nn.Module):
         if mode not in DENSE_MODES:
             raise ValueError(f"unknown dense mode '{mode}' (known: {', '.join(DENSE_MODES)})")
         last = self.num_blocks - 1
-        x, grid, saved = self._blocks(images, blocks, last, last)
         visual = self.model.visual
+        x, grid, saved = run_blocks(visual, images, blocks, last, last)
         x = visual.ln_post(DENSE_MODES[mode](visual.transformer.resblocks[-1], x)) @ visual.proj
-        return DenseFeatures(self._to_map(x, grid), saved)
+        return DenseFeatures(tokens_to_map(x, grid), saved)
 
     def encode_dense(self, images: Tensor, mode: str = "maskclip") -> Tensor:
         """Dense features (B, D, ceil(H/p), ceil(W/p)) of CLIP-normalised ``images``."""
@@ -288,4 +296,5 @@ class DenseCLIP(nn.Module):
 
     def intermediate(self, images: Tensor, blocks: Sequence[int]) -> list[Tensor]:
         """Raw residual-stream outputs (B, C, h, w) of ``blocks`` (0-based), CLS dropped."""
-        return self._blocks(images, blocks, self.num_blocks, max(blocks, default=-1) + 1)[2]
+        visual = self.model.visual
+        return run_blocks(visual, images, blocks, self.num_blocks, max(blocks, default=-1) + 1)[2]

@@ -53,8 +53,7 @@ TINY_RSIB_CONFIG: dict[str, Any] = {**RSIB_CONFIG, "embed_dim": 32, "depth": 4, 
 #: The bicubic scale factor hard-coded in GSNet/RSKT-Seg's DINO copy (48.1 / 28: 28 -> 48).
 RSIB_SCALE_FACTOR = 1.717857142857143
 
-#: RSKT-Seg's DINO input side and the blocks it reads (0-based).
-RSIB_RESOLUTION = 384
+#: The DINO blocks RSKT-Seg reads (0-based).
 RSIB_INDICES = (3, 7, 11)
 
 #: Prefixes stripped from checkpoint keys (DDP and DINO's multi-crop wrapper).
