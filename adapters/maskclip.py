@@ -81,6 +81,7 @@ class MaskCLIPAdapter(PromptAdapter):
 
     name = "maskclip"
     demo_options = {"arch": "tiny"}
+    choices = CHOICES
     default_options = {
         "backbone": "vit-b",
         "arch": None,
@@ -97,10 +98,6 @@ class MaskCLIPAdapter(PromptAdapter):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        for key, allowed in CHOICES.items():
-            if self.options[key] not in allowed:
-                known = ", ".join(str(value) for value in allowed)
-                raise UserError(f"maskclip option {key}={self.options[key]!r} (choose: {known})")
         for key in ("window", "stride", "long_side", "seed"):
             value = self.options[key]
             if key == "long_side" and value is None:

@@ -96,6 +96,7 @@ class RSKTSegAdapter(PromptAdapter):
 
     name = "rsktseg"
     demo_options = {"backbone": "tiny"}
+    choices = CHOICES
     default_options = {
         "backbone": None,  # from the checkpoint (vit-b without one)
         "num_layers": None,  # from the checkpoint (the config's N without one)
@@ -110,10 +111,6 @@ class RSKTSegAdapter(PromptAdapter):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        for key, allowed in CHOICES.items():
-            if self.options[key] not in allowed:
-                known = ", ".join(str(value) for value in allowed)
-                raise UserError(f"rsktseg option {key}={self.options[key]!r} (choose: {known})")
         layers = self.options["num_layers"]
         if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)):
             raise UserError(f"rsktseg option num_layers must be an integer, got {layers!r}")

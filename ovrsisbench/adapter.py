@@ -35,6 +35,8 @@ class Adapter:
     trainable: ClassVar[bool] = False
     #: Option names and defaults accepted by ``__init__``; recorded in every result.
     default_options: ClassVar[dict[str, Any]] = {}
+    #: Allowed values of options with a fixed set of values (checked by ``__init__``).
+    choices: ClassVar[dict[str, tuple]] = {}
     #: Options that make a tiny random model for ``ovrsisbench demo``; None = not in the demo.
     demo_options: ClassVar[dict[str, Any] | None] = None
     #: The network built by ``load`` (used for parameter counts); None until loaded.
@@ -48,6 +50,10 @@ class Adapter:
                 f"adapter '{self.name}' has no option {', '.join(unknown)} (known: {known})"
             )
         self.options: dict[str, Any] = _json_values(self.name, {**self.default_options, **options})
+        for key, allowed in self.choices.items():
+            if self.options[key] not in allowed:
+                known = ", ".join(str(value) for value in allowed)
+                raise UserError(f"{self.name} option {key}={self.options[key]!r} (choose: {known})")
 
     # -- the evaluation contract -------------------------------------------------------------
     def load(self, weights: Path | None, device: torch.device | str) -> None:
