@@ -69,6 +69,7 @@ CHOICES = {
     "fusion": FUSION_TYPES,
     "rotations": ("batched", "sequential"),
     "init": ("checkpoint", "pretrained"),
+    "remoteclip_act": ("quick_gelu", "gelu"),
 }
 
 
@@ -103,6 +104,8 @@ class RSKTSegAdapter(PromptAdapter):
         "inference": "whole",
         "fusion": "simple_separate",
         "rotations": "batched",
+        "remoteclip_act": "quick_gelu",  # the official code; "gelu": RemoteCLIP's own loader
+        "template": RSKTSEG_TEMPLATES[0],
         "init": "checkpoint",
         "clip_weights": "openai",  # init=pretrained: open_clip tag or file
         "weights_dir": None,  # init=pretrained: RemoteCLIP and RSIB files [$OVRSISBENCH_WEIGHTS]
@@ -111,6 +114,8 @@ class RSKTSegAdapter(PromptAdapter):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        if not isinstance(self.options["template"], str) or "{}" not in self.options["template"]:
+            raise UserError("rsktseg option template must be text containing '{}'")
         layers = self.options["num_layers"]
         if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)):
             raise UserError(f"rsktseg option num_layers must be an integer, got {layers!r}")
@@ -128,6 +133,7 @@ class RSKTSegAdapter(PromptAdapter):
             config,
             num_layers=layers or config.num_layers,
             fusion=self.options["fusion"],
+            remote_quick_gelu=self.options["remoteclip_act"] == "quick_gelu",
         )
 
     def _network(self, backbone: str, layers: int | None, device: torch.device | str) -> RSKTSeg:
@@ -219,7 +225,7 @@ class RSKTSegAdapter(PromptAdapter):
     def embed_classes(self) -> None:
         network = self.network
         tokenizer = get_tokenizer(network.config.clip_arch)
-        prompts = [RSKTSEG_TEMPLATES[0].format(names[0]) for names in self.classes]
+        prompts = [self.options["template"].format(names[0]) for names in self.classes]
         device = next(network.parameters()).device
         with torch.inference_mode():
             self.text = network.encode_text(tokenizer(prompts).to(device))
@@ -280,7 +286,8 @@ class RSKTSegAdapter(PromptAdapter):
             "test_resize": {"short_edge": TEST_SHORT_EDGE, "max_size": TEST_MAX_SIZE},
             "pixel_mean_255": list(CLIP_MEAN_255),
             "pixel_std_255": list(CLIP_STD_255),
-            "template": RSKTSEG_TEMPLATES[0],
+            "template": self.options["template"],
+            "remoteclip_act": self.options["remoteclip_act"],
             "names": "first name of each class",
             "scores": "sigmoid",
             "num_layers": config.num_layers if config else None,

@@ -249,18 +249,20 @@ def test_adapter_reads_backbone_and_depth_from_the_checkpoint(tmp_path):
         create_adapter("rsktseg").load(bad, "cpu")
 
 
-def test_adapters_info_reports_the_built_groups(cli):
+@pytest.mark.parametrize(("backbone", "layers"), [("vit-b", 3), ("vit-l", 2)])
+def test_adapters_info_reports_the_built_groups(cli, backbone, layers):
     import json
 
-    result = cli("adapters", "info", "rsktseg", "--backbone", "vit-b", "--json")
+    result = cli("adapters", "info", "rsktseg", "--backbone", backbone, "--json")
     assert result.code == 0, result.err
     info = json.loads(result.out)
-    groups = info["groups"]
-    assert groups["clip"] == {"total": 149_620_737, "trainable": 20_447_232}
+    groups, counts = info["groups"], FULL[backbone, layers]
+    assert groups["clip"] == {"total": counts["clip"], "trainable": CLIP_QV[backbone]}
     assert groups["dino"] == {"total": DINO, "trainable": 0}
-    assert groups["head"] == {"total": 12_190_913, "trainable": 12_190_913}
-    assert info["trainable"] == 32_638_145
-    assert info["total"] == 398_896_835 - (REMOTECLIP_FULL - groups["remoteclip"]["total"])
+    assert groups["head"] == {"total": counts["new"], "trainable": counts["new"]}
+    assert info["trainable"] == counts["train"]
+    unbuilt = REMOTECLIP_FULL - groups["remoteclip"]["total"]
+    assert info["total"] == counts["total"] - unbuilt
 
 
 def test_pretrained_init_names_each_missing_encoder_file_and_its_source(tmp_path):
@@ -341,3 +343,24 @@ def test_whole_image_protocol_is_the_official_pipeline():
     expected = F.interpolate(probabilities, size=(50, 87), mode="bilinear", align_corners=False)
     image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
     torch.testing.assert_close(adapter.predict(image), expected, rtol=0, atol=1e-6)
+
+
+def test_paper_vs_code_options_change_what_they_say():
+    """The spec's cheap options: RemoteCLIP's activation, the prompt template, the fusion."""
+    gelu = create_adapter("rsktseg", backbone="tiny", remoteclip_act="gelu")
+    gelu.load(None, "cpu")
+    blocks = gelu.network.remoteclip.visual.transformer.resblocks
+    assert type(blocks[0].mlp.gelu).__name__ == "GELU"
+    assert type(create_adapter("rsktseg", backbone="tiny").build().remoteclip.visual.transformer
+                .resblocks[0].mlp.gelu).__name__ == "QuickGELU"  # fmt: skip
+    texts = {}
+    for template in ("A photo of a {} in the scene", "a satellite image of {}."):
+        adapter = create_adapter("rsktseg", backbone="tiny", template=template)
+        adapter.load(None, "cpu")
+        adapter.set_vocabulary([["road"]])
+        texts[template] = adapter.text
+    assert not torch.equal(*texts.values())
+    with pytest.raises(UserError, match="template must be text containing"):
+        create_adapter("rsktseg", template="no slot")
+    mean = create_adapter("rsktseg", backbone="tiny", fusion="simple_mean").build()
+    assert not hasattr(mean.decoder, "fusion_corr")

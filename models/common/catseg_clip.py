@@ -121,12 +121,14 @@ def build_remoteclip(
     depth: int = 8,
     arch: str | dict[str, Any] = REMOTECLIP_ARCH,
     device: torch.device | str = "cpu",
+    quick_gelu: bool = True,
 ) -> RemoteCLIPVision:
-    """RemoteCLIP's image tower as RSKT-Seg uses it: OpenAI ViT-B/32 (QuickGELU), random
+    """RemoteCLIP's image tower as RSKT-Seg uses it: OpenAI ViT-B/32 (QuickGELU, as the official
+    code builds it; ``quick_gelu=False``: open_clip's GELU, as RemoteCLIP's own loader), random
     weights, split q/k/v, only blocks ``0..depth-1`` (hooks 3 and 7 need 8). Its
     ``unused_keys`` lists the checkpoint keys not built (see ``remoteclip_unused_keys``)."""
     unused = remoteclip_unused_keys(depth, arch)
-    clip = build_clip(arch, device=device, quick_gelu=True)
+    clip = build_clip(arch, device=device, quick_gelu=quick_gelu)
     visual = split_qkv(_truncate_visual(clip.visual, depth))
     return RemoteCLIPVision(visual, depth, unused).eval()
 

@@ -64,6 +64,7 @@ class RSKTSegConfig:
     remote_arch: str | dict[str, Any] = "ViT-B-32-quickgelu"
     remote_size: int = 768
     remote_hooks: tuple[int, int] = (3, 7)
+    remote_quick_gelu: bool = True  # the official code; RemoteCLIP's own loader uses GELU
     dino_config: dict[str, Any] = field(default_factory=lambda: dict(RSIB_CONFIG))
     dino_size: int = 384
     dino_indices: tuple[int, int, int] = (3, 7, 11)
@@ -114,7 +115,9 @@ class RSKTSeg(nn.Module):
         self.batched_rotations = batched_rotations
         self.clip = build_catseg_clip(config.clip_arch, device)
         depth = max(config.remote_hooks) + 1
-        self.remoteclip = build_remoteclip(depth, config.remote_arch, device)
+        self.remoteclip = build_remoteclip(
+            depth, config.remote_arch, device, quick_gelu=config.remote_quick_gelu
+        )
         clip_dim = self.clip.text_projection.shape[1]
         with torch.device(device):
             self.decoder = RSKTDecoder(clip_dim, config.num_layers, fusion=config.fusion)
