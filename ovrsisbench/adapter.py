@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,25 @@ from ovrsisbench.errors import UserError
 
 ENTRY_POINT_GROUP = "ovrsisbench.adapters"
 ENCODER_GROUPS = ("clip", "remoteclip", "dino")
+
+
+@dataclass
+class TrainingRecipe:
+    """What a trainable adapter hands the generic trainer (``ovrsisbench.train``).
+
+    ``loss(images, labels)`` runs the forward itself on float images (B, 3, S, S) on the 0-255
+    scale and int64 labels (B, S, S) of scored class ids (255 = ignore), returning a scalar;
+    ``transform(image, label, rng)`` is the train-time augmentation of one uint8 (H, W, 3) image
+    and (H, W) label to a fixed size S, deterministic given ``rng``; ``param_groups`` are dicts
+    with ``params``, ``lr_mult``, ``weight_decay`` and ``name``; ``defaults`` holds the recipe's
+    ``lr``, ``weight_decay``, ``max_iters``, ``batch_size``, ``clip_norm`` and ``warmup_iters``.
+    """
+
+    module: torch.nn.Module
+    param_groups: list[dict[str, Any]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    transform: Callable[..., tuple[Any, Any]]
+    defaults: dict[str, Any]
 
 
 class Adapter:
@@ -76,6 +96,11 @@ class Adapter:
     def encoder_modules(self, network: torch.nn.Module) -> dict[str, torch.nn.Module]:
         """The pretrained encoders inside ``network``, keyed by group (clip, remoteclip, dino)."""
         return {}
+
+    def training_recipe(self, classes: list[list[str]]) -> TrainingRecipe:
+        """After ``load``: what the trainer needs to train on ``classes`` (one list of prompt
+        names per scored class, in label-id order). Only for ``trainable`` adapters."""
+        raise NotImplementedError(f"adapter '{self.name}' is not trainable")
 
     def weights_sha256(self) -> str | None:
         """SHA-256 identifying the loaded weights (None when the adapter has no weights)."""
