@@ -47,9 +47,14 @@ def to_original(key: str) -> str:
 
 
 def unwrap(checkpoint: Mapping) -> Mapping[str, Tensor]:
-    """The state dict of a detectron2 checkpoint (``{"model": ...}``) or a bare state dict."""
+    """The state dict, in original key names, of a detectron2 checkpoint (``{"model": ...}``),
+    a bare original state dict, or one of ours (``RSKTSeg.state_dict()``, e.g. from training)."""
     model = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
-    return model if isinstance(model, Mapping) else checkpoint
+    state = model if isinstance(model, Mapping) else checkpoint
+    ours = tuple(new for _, new in PREFIXES)
+    if isinstance(state, Mapping) and any(str(key).startswith(ours) for key in state):
+        return {to_original(key): value for key, value in state.items()}
+    return state
 
 
 def num_layers(state: Mapping[str, Tensor]) -> int:
