@@ -17,6 +17,12 @@
   size), sigmoid, bilinear back to the original size (padding included, as the original).
   ``inference="slide"``: the official sliding-window path (640x640, 384 windows with stride
   256, plus a global view, averaged).
+- Training (``training_recipe``, spec sections 6, 7): the official fine-tuning rule (CLIP q/v
+  attention weights of both towers, every new module; RemoteCLIP and DINO frozen), AdamW groups
+  with the CLIP learning-rate multiplier and detectron2's weight-decay exemptions, the text
+  embeddings re-encoded at every step, the one-hot sigmoid BCE (``loss``/``loss_ignore``
+  options: the paper's cross-entropy, ignored pixels masked), and the MaskFormer training
+  augmentations at ``train_size``.
 """
 
 from __future__ import annotations
@@ -26,9 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ovrsisbench.adapter import PromptAdapter, file_sha256, state_dict_sha256, weights_cache
+from ovrsisbench.adapter import (
+    PromptAdapter,
+    TrainingRecipe,
+    file_sha256,
+    state_dict_sha256,
+    weights_cache,
+)
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     normalize,
@@ -38,6 +50,7 @@ from ovrsisbench.inference import (
     shortest_edge_size,
 )
 from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_pretrained
+from ovrsisbench.models.common.losses import IGNORE_MODES, LOSSES, LossFn, segmentation_loss
 from ovrsisbench.models.common.text import RSKTSEG_TEMPLATES, get_tokenizer
 from ovrsisbench.models.rsktseg.checkpoint import (
     CheckpointMismatchError,
@@ -54,6 +67,7 @@ from ovrsisbench.models.rsktseg.pretrained import (
     RSIB_SOURCE,
     load_pretrained_encoders,
 )
+from ovrsisbench.transforms import catseg_train_transform
 
 #: CLIP pixel statistics on the 0-255 scale (RSKT_Seg/config.py CLIP_PIXEL_MEAN/STD).
 CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
@@ -70,18 +84,115 @@ CHOICES = {
     "rotations": ("batched", "sequential"),
     "init": ("checkpoint", "pretrained"),
     "remoteclip_act": ("quick_gelu", "gelu"),
+    "loss": LOSSES,
+    "loss_ignore": IGNORE_MODES,
 }
+
+# -- training (spec 6-7) -------------------------------------------------------------------------
+#: LR multiplier of CLIP's trainable weights (spec 7.2: SOLVER.CLIP_MULTIPLIER 0.01, applied to
+#: modules whose original name contains ``clip_model``: here the ``clip.`` parameters).
+CLIP_MULTIPLIER = 0.01
+#: train_net.py's weight-decay exemptions (spec 7.2): parameters of these module types get
+#: SOLVER.WEIGHT_DECAY_NORM (0.0) or WEIGHT_DECAY_EMBED (0.0), and of these names 0.0.
+NO_DECAY_MODULES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.Embedding,
+)
+NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
+#: The recipe's own values (what the original training used).
+TRAINING_DEFAULTS = {
+    "lr": 2e-4,  # spec 7.2: SOLVER.BASE_LR (configs/vit*_*.yaml)
+    "weight_decay": 1e-4,  # spec 7.2: SOLVER.WEIGHT_DECAY
+    "max_iters": 30_000,  # spec 7.2: SOLVER.MAX_ITER ("3W" in the checkpoint names)
+    # spec 7.2: the released ViT-B models were trained on 1 GPU with batch 4, per the author
+    # [ISSUE #8] (the configs say IMS_PER_BATCH 8, the paper 8 on 4 GPUs)
+    "batch_size": 4,
+    "clip_norm": 0.01,  # spec 7.2: full-model gradient clipping, total L2 norm <= 0.01
+    "warmup_iters": 0,  # spec 7.2: WarmupCosineLR without warm-up
+}
+TRAIN_MAX_SIZE = 1333  # spec 7.3: INPUT.MAX_SIZE_TRAIN
+
+
+def training_param_groups(
+    network: nn.Module, weight_decay: float, clip_prefix: str = "clip."
+) -> list[dict[str, Any]]:
+    """The trainable parameters of ``network`` in AdamW groups, one per (LR multiplier, weight
+    decay) pair, as the original ``train_net.py`` ``build_optimizer`` sets them per tensor
+    (spec 7.2): ``lr_mult`` ``CLIP_MULTIPLIER`` for names starting with ``clip_prefix``, else
+    1.0; ``weight_decay`` 0 for parameters held by a norm layer or ``nn.Embedding`` or named
+    like a relative-position table, else ``weight_decay``. Groups are named ``clip``, ``new``
+    and ``*_no_decay``; empty ones are left out."""
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    seen: set[int] = set()
+    for module_name, module in network.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full_name = f"{module_name}.{name}" if module_name else name
+            is_clip = full_name.startswith(clip_prefix)
+            no_decay = isinstance(module, NO_DECAY_MODULES) or any(
+                key in name for key in NO_DECAY_NAMES
+            )
+            key = (CLIP_MULTIPLIER if is_clip else 1.0, 0.0 if no_decay else float(weight_decay))
+            if key not in groups:
+                label = ("clip" if is_clip else "new") + ("_no_decay" if no_decay else "")
+                groups[key] = {
+                    "params": [],
+                    "lr_mult": key[0],
+                    "weight_decay": key[1],
+                    "name": label,
+                }
+            groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+class RSKTSegLoss:
+    """``TrainingRecipe.loss`` of RSKT-Seg: float images (B, 3, S, S) on the 0-255 scale and
+    int64 labels (B, S, S) -> scalar loss.
+
+    The images are CLIP-normalised (0-255 statistics) and padded to the network's size
+    divisibility (with 0 after normalisation, detectron2's ImageList); the text embeddings are
+    encoded from ``tokens`` at every call (CLIP's text q/v weights train); the logits come from
+    ``forward_module(images, text)`` (the network itself; a trainer that wraps the network,
+    e.g. in DistributedDataParallel, sets ``forward_module`` to the wrapper so that the forward
+    goes through it); then ``loss_fn(logits, labels)``.
+    """
+
+    def __init__(self, network: RSKTSeg, tokens: Tensor, loss_fn: LossFn) -> None:
+        self.network = network
+        self.forward_module: nn.Module = network
+        self.tokens = tokens
+        self.loss_fn = loss_fn
+
+    def text(self, device: torch.device) -> Tensor:
+        """L2-normalised text embeddings (T, C) of the training classes, with gradients."""
+        if self.tokens.device != device:
+            self.tokens = self.tokens.to(device)
+        return self.network.encode_text(self.tokens)
+
+    def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
+        x = normalize(images.float(), CLIP_MEAN_255, CLIP_STD_255)
+        x = pad_to_multiple(x, self.network.config.size_divisibility)
+        logits = self.forward_module(x, self.text(x.device))
+        return self.loss_fn(logits, labels.to(x.device))
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict of a checkpoint file: safetensors, or ``torch.load(weights_only=True)``
-    (detectron2 ``.pth``: the ``model`` entry)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+    """The state dict, in original key names, of a checkpoint file: safetensors (e.g. trained by
+    ``ovrsisbench train``), or ``torch.load(weights_only=True)`` (detectron2 ``.pth``: the
+    ``model`` entry)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(str(path))
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"rsktseg: weights file {path} does not exist") from None
     except Exception as error:  # a damaged file, or pickled objects beyond tensors
@@ -96,6 +207,7 @@ class RSKTSegAdapter(PromptAdapter):
     """RSKT-Seg (see the module docstring)."""
 
     name = "rsktseg"
+    trainable = True
     demo_options = {"backbone": "tiny"}
     choices = CHOICES
     default_options = {
@@ -110,6 +222,9 @@ class RSKTSegAdapter(PromptAdapter):
         "clip_weights": "openai",  # init=pretrained: open_clip tag or file
         "weights_dir": None,  # init=pretrained: RemoteCLIP and RSIB files [$OVRSISBENCH_WEIGHTS]
         "seed": 0,
+        "loss": "bce",  # training: the code's one-hot sigmoid BCE; "ce": the paper's (spec 11)
+        "loss_ignore": "negative",  # bce: ignored pixels as negatives (the code); "masked"
+        "train_size": 384,  # training crop S (spec 7.3: INPUT.MIN_SIZE_TRAIN, CROP.SIZE)
     }
 
     def __init__(self, **options: Any) -> None:
@@ -121,6 +236,9 @@ class RSKTSegAdapter(PromptAdapter):
             raise UserError(f"rsktseg option num_layers must be an integer, got {layers!r}")
         if layers is not None and layers < 1:
             raise UserError(f"rsktseg option num_layers must be >= 1, got {layers}")
+        size = self.options["train_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise UserError(f"rsktseg option train_size must be a positive integer, got {size!r}")
         self.network: RSKTSeg | None = None
         self.text: torch.Tensor | None = None
         self.unused_keys: list[str] = []
@@ -150,22 +268,27 @@ class RSKTSegAdapter(PromptAdapter):
         return {"clip": network.clip, "remoteclip": network.remoteclip, "dino": network.dino}
 
     def _checkpoint_shape(self, state: dict, path: Path) -> tuple[str, int]:
-        """Backbone and N of an original checkpoint; options, when given, must agree."""
+        """Backbone and N of a checkpoint: N from its aggregator layers, the backbone from its
+        CLIP width (ViT-B/16 or ViT-L/14) unless the ``backbone`` option names one (``tiny``
+        included); options, when given, must agree with what the checkpoint holds."""
         if _CLASS_EMBEDDING not in state:
             raise UserError(
                 f"rsktseg: {path} is not an RSKT-Seg checkpoint (no {_CLASS_EMBEDDING})"
             )
         width = state[_CLASS_EMBEDDING].shape[-1]
-        backbone = BACKBONE_OF_WIDTH.get(width)
+        found = BACKBONE_OF_WIDTH.get(width)
+        backbone = self.options["backbone"] or found
         if backbone is None:
             raise UserError(
-                f"rsktseg: {path} has a CLIP of width {width}, not ViT-B/16 or ViT-L/14"
+                f"rsktseg: {path} has a CLIP of width {width}, not ViT-B/16 or ViT-L/14 "
+                "(name the backbone with -o backbone=...)"
             )
+        if found is not None and backbone != found:
+            raise UserError(f"rsktseg: {path} is backbone={found}, but backbone={backbone} given")
         layers = num_layers(state)
-        for option, found in (("backbone", backbone), ("num_layers", layers)):
-            given = self.options[option]
-            if given is not None and given != found:
-                raise UserError(f"rsktseg: {path} is {option}={found}, but {option}={given} given")
+        given = self.options["num_layers"]
+        if given is not None and given != layers:
+            raise UserError(f"rsktseg: {path} is num_layers={layers}, but num_layers={given} given")
         return backbone, layers
 
     def _pretrained(self) -> RSKTSeg:
@@ -275,6 +398,35 @@ class RSKTSegAdapter(PromptAdapter):
             else:
                 scores = self._slide(images255)
         return scores.to(images.device)
+
+    # -- training ---------------------------------------------------------------------------
+    def training_recipe(self, classes: list[list[str]]) -> TrainingRecipe:
+        """The official RSKT-Seg training (spec 6-7) of the loaded network on ``classes`` (the
+        first name of each, in the adapter's template, as at inference)."""
+        if self.network is None:
+            raise RuntimeError("rsktseg: call load() before training_recipe()")
+        if not classes or any(not names for names in classes):
+            raise UserError("rsktseg: every training class needs at least one prompt name")
+        network = self.network
+        network.set_trainable()  # spec 7.1
+        tokenizer = get_tokenizer(network.config.clip_arch)
+        prompts = [self.options["template"].format(names[0]) for names in classes]
+        device = next(network.parameters()).device
+        loss = RSKTSegLoss(
+            network,
+            tokenizer(prompts).to(device),
+            segmentation_loss(self.options["loss"], self.options["loss_ignore"]),  # spec 6, 11
+        )
+        defaults = dict(TRAINING_DEFAULTS)
+        return TrainingRecipe(
+            module=network,
+            param_groups=training_param_groups(network, defaults["weight_decay"]),
+            loss=loss,
+            # spec 7.3: ResizeShortestEdge(S, 1333, choice), random SxS crop, SSD colour jitter,
+            # horizontal flip, pad to SxS (image 128, label 255)
+            transform=catseg_train_transform(self.options["train_size"], TRAIN_MAX_SIZE),
+            defaults=defaults,
+        )
 
     def weights_sha256(self) -> str | None:
         return self._sha256

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -248,39 +249,62 @@ def run(
         float, typer.Option(min=0, help="Save progress of the dataset in work this often")
     ] = 30.0,
 ) -> None:
-    """Evaluate one adapter on a protocol's datasets; writes one record per dataset (resumes)."""
+    """Evaluate one adapter on a protocol's datasets; writes one record per dataset (resumes).
+
+    Under torchrun (e.g. ``torchrun --nproc-per-node 2 -m ovrsisbench run ...``) every process
+    loads the adapter on its device (cuda:LOCAL_RANK, or the CPU with gloo) and evaluates its
+    share of each dataset's images; rank 0 alone prints and writes records and leaderboards.
+    """
+    from ovrsisbench.distributed import cleanup, context
     from ovrsisbench.evaluate import EvalSettings, Evaluator
     from ovrsisbench.protocol import load_protocol
     from ovrsisbench.results import ResultStore
 
     proto = load_protocol(protocol)
     entries = proto.select(datasets.split(",") if datasets else None)
-    torch_device = resolve_device(device)
+    resolve_device(device)  # the same checks and messages as without torchrun
     options = parse_options(option, backbone)
     adapter = create_adapter(model, **options)  # name and options checked before loading
     root = data_root or default_data_root()
     if not root.is_dir():
         raise UserError(f"data root {root} does not exist (give --data-root or $OVRSISBENCH_DATA)")
-    load_weights(adapter, weights, torch_device)
-    results_dir = results or default_results()
-    evaluator = Evaluator(
-        adapter,
-        model,
-        proto,
-        root,
-        ResultStore(results_dir),
-        EvalSettings(
-            device=torch_device,
-            batch_size=batch_size,
-            reader_threads=workers,
-            checkpoint_seconds=checkpoint_seconds,
-        ),
-        weights=weights,
-    )
-    with make_progress(err_console) as progress:
-        outcomes = evaluator.run(entries, RichProgress(progress, f"{model} · "))
-    print_outcomes(outcomes, proto.name, model)
-    update_leaderboards(results_dir, proto)
+    ctx = context(device)  # one process unless launched by torchrun
+    try:
+        torch_device = ctx.device
+        load_weights(adapter, weights, torch_device)
+        results_dir = results or default_results()
+        evaluator = Evaluator(
+            adapter,
+            model,
+            proto,
+            root,
+            ResultStore(results_dir),
+            EvalSettings(
+                device=torch_device,
+                batch_size=batch_size,
+                reader_threads=workers,
+                checkpoint_seconds=checkpoint_seconds,
+            ),
+            weights=weights,
+            context=ctx,
+        )
+        if ctx.is_main:
+            if ctx.world_size > 1:
+                err_console.print(
+                    f"distributed evaluation over {ctx.world_size} processes; progress shows "
+                    "rank 0's share; no partial checkpoints: an interrupted run restarts the "
+                    "dataset in progress",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            with make_progress(err_console) as progress:
+                outcomes = evaluator.run(entries, RichProgress(progress, f"{model} · "))
+            print_outcomes(outcomes, proto.name, model)
+            update_leaderboards(results_dir, proto)
+        else:  # the same collective steps, silently; statuses agree with rank 0's
+            outcomes = evaluator.run(entries)
+    finally:
+        cleanup()
     if any(outcome.status == "failed" for outcome in outcomes):
         raise typer.Exit(1)
 
@@ -321,19 +345,144 @@ def update_leaderboards(results_dir: Path, protocol: Any) -> None:
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Trainable adapter name")],
-    protocol: Annotated[str, typer.Option(help="dlrsd or isaid: trains on its source dataset")],
-    out: Annotated[Path | None, typer.Option(help="Output folder for checkpoints")] = None,
-    max_iters: Annotated[int | None, typer.Option(help="Stop after this many iterations")] = None,
+    model: Annotated[str, typer.Option(help="Trainable adapter name, or package.module:ClassName")],
+    protocol: Annotated[
+        str,
+        typer.Option(help="Protocol name (dlrsd, isaid, demo) or YAML path: trains on its source"),
+    ],
+    backbone: Backbone = None,
+    option: OptionList = None,
+    weights: Annotated[Path | None, typer.Option(help="Initial weights for the adapter")] = None,
+    max_iters: Annotated[
+        int | None, typer.Option(min=1, help="Iterations \\[default: the recipe's]")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per iteration, over all processes \\[default: recipe's]"),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Base learning rate \\[default: recipe's]")
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="Weight decay of the groups at the recipe's default \\[default: recipe's]"
+        ),
+    ] = None,
+    clip_norm: Annotated[
+        float | None,
+        typer.Option(min=0, help="Clip the total gradient L2 norm; 0 = off \\[default: recipe's]"),
+    ] = None,
+    warmup_iters: Annotated[
+        int | None, typer.Option(min=0, help="Linear warm-up iterations \\[default: recipe's]")
+    ] = None,
+    accumulate: Annotated[
+        int, typer.Option(min=1, help="Micro-batches per iteration (gradient accumulation)")
+    ] = 1,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the data order, augmentation, init")
+    ] = 0,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Use deterministic algorithms only (slower)")
+    ] = False,
+    amp: Annotated[
+        str, typer.Option(help="auto (bf16 autocast on CUDA, off on CPU), bf16 or off")
+    ] = "auto",
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Save a checkpoint every N iterations")
+    ] = 1000,
+    log_every: Annotated[int, typer.Option(min=1, help="Log every N iterations")] = 10,
+    workers: Annotated[int, typer.Option(min=0, help="Data loading processes")] = 2,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder \\[default: <results>/train/<model>-<protocol>]"),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out")
+    ] = False,
+    evaluate: Annotated[
+        bool, typer.Option("--eval", help="Evaluate the protocol with the trained weights")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda \\[default: cuda if available]")
+    ] = None,
+    data_root: DataRoot = None,
+    results: ResultsDir = None,
 ) -> None:
-    """Train a trainable adapter on the protocol's source dataset (safetensors + JSON config)."""
-    from ovrsisbench.protocol import load_protocol
+    """Train a trainable adapter on the protocol's source split (safetensors + JSON checkpoints).
 
-    load_protocol(protocol)
-    entry = find_adapter(model)
-    if not entry.cls.trainable:
+    Under torchrun every process trains on its device with DistributedDataParallel; rank 0
+    alone writes checkpoints and the log.
+    """
+    from ovrsisbench.distributed import cleanup, context
+    from ovrsisbench.protocol import load_protocol
+    from ovrsisbench.train import TrainSettings, seed_everything
+    from ovrsisbench.train import train as train_adapter
+
+    proto = load_protocol(protocol)
+    if not find_adapter(model).cls.trainable:
         raise UserError(f"model '{model}' is not trainable (it is evaluated as is)")
-    raise UserError("training is not available yet in this version of ovrsisbench")
+    options = parse_options(option, backbone)
+    adapter = create_adapter(model, **options)
+    root = data_root or default_data_root()
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist (give --data-root or $OVRSISBENCH_DATA)")
+    results_dir = results or default_results()
+    out_dir = out or results_dir / "train" / f"{_file_name(model)}-{_file_name(proto.name)}"
+    settings = TrainSettings(
+        max_iters=max_iters,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        clip_norm=clip_norm,
+        warmup_iters=warmup_iters,
+        accumulate=accumulate,
+        seed=seed,
+        deterministic=deterministic,
+        amp=amp,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        workers=workers,
+    )
+    resolve_device(device)  # the same checks and messages as without torchrun
+    ctx = context(device)
+    try:
+        seed_everything(seed)  # a randomly initialised network is part of the run
+        load_weights(adapter, weights, ctx.device)
+        if ctx.is_main:
+            with make_progress(err_console) as progress:
+                result = train_adapter(adapter, proto, root, out_dir, settings, resume, progress)
+            loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
+            console.print(
+                f"trained {model} for {result.iterations:,} iterations (last loss {loss}); "
+                f"weights: {result.checkpoint}; log: {result.log}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            result = train_adapter(adapter, proto, root, out_dir, settings, resume)
+        if evaluate:
+            del adapter  # the evaluation loads its own copy from the final weights
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            run(
+                model=model,
+                protocol=protocol,
+                datasets=None,
+                weights=result.checkpoint,
+                backbone=backbone,
+                device=device,
+                data_root=root,
+                results=results_dir,
+                option=option,
+            )
+    finally:
+        cleanup()
+
+
+def _file_name(text: str) -> str:
+    """``text`` as a safe file name part (module:Class and paths give their characters up)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
 
 
 @app.command()

@@ -3,6 +3,12 @@
 Images are visited in a fixed order; consecutive images of the same size are batched. The
 confusion matrix of a dataset in progress is checkpointed, so an interrupted run resumes
 where it stopped and ends with exactly the counts of an uninterrupted one.
+
+Under torchrun (a ``Context`` with several processes) each process evaluates its shard of a
+split's images (``Context.shard``: no padding, no duplicates), the int64 confusion matrices,
+image counts and prediction seconds are summed over the processes, and rank 0 alone writes the
+record, which equals a single-process run's. Partial checkpoints are off in that mode: an
+interrupted distributed run restarts the dataset it was working on.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 import torch
+from torch.utils.data import Subset
 
 import ovrsisbench
 from ovrsisbench.adapter import Adapter, file_sha256, json_sha256
-from ovrsisbench.data.layout import open_dataset
+from ovrsisbench.data.layout import PreparedDataset, open_dataset
 from ovrsisbench.data.loader import SegmentationDataset, read_ahead
+from ovrsisbench.distributed import Context
 from ovrsisbench.environment import describe_environment, device_name
 from ovrsisbench.errors import DataError
 from ovrsisbench.metrics import DEFAULT_POLICY, ConfusionMatrix, compute_scores
@@ -43,7 +51,7 @@ class Outcome:
 
     dataset: str
     status: str  # "done", "skipped" (record exists), "failed"
-    record: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None  # None on ranks other than 0 of a distributed run
     path: Path | None = None
     error: str | None = None
 
@@ -60,7 +68,11 @@ class EvalSettings:
 
 
 class Evaluator:
-    """Runs one loaded adapter over protocol entries, writing records into ``store``."""
+    """Runs one loaded adapter over protocol entries, writing records into ``store``.
+
+    ``context`` (default: one process on ``settings.device``) makes it one of several processes
+    under torchrun: then every process must call ``run`` with the same entries.
+    """
 
     def __init__(
         self,
@@ -71,6 +83,7 @@ class Evaluator:
         store: ResultStore,
         settings: EvalSettings,
         weights: Path | None = None,
+        context: Context | None = None,
     ) -> None:
         self.adapter = adapter
         self.model_name = model_name
@@ -79,6 +92,7 @@ class Evaluator:
         self.store = store
         self.settings = settings
         self.weights_sha256 = file_sha256(weights) if weights else adapter.weights_sha256()
+        self.context = context or Context(device=settings.device)
 
     def key(self, entry: EvalEntry) -> RecordKey:
         """The record key of ``entry`` (reads the prepared dataset's meta.json)."""
@@ -98,6 +112,8 @@ class Evaluator:
 
     def run(self, entries: list[EvalEntry], progress: ProgressSink | None = None) -> list[Outcome]:
         """Evaluate every entry; a failing dataset is reported and the others still run."""
+        if self.context.world_size > 1:
+            return self._run_distributed(entries, progress)
         outcomes = []
         for entry in entries:
             try:
@@ -117,21 +133,34 @@ class Evaluator:
                 )
         return outcomes
 
-    def _evaluate(
-        self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None
-    ) -> dict[str, Any]:
+    def _open(self, entry: EvalEntry) -> tuple[PreparedDataset, list[str], str]:
+        """The prepared dataset of ``entry`` (checked), its split's stems, its meta.json's hash."""
         dataset = open_dataset(self.data_root, entry.dataset)
         meta_path = dataset.directory / "meta.json"
-        vocabulary = entry.vocabulary
-        vocabulary.check_dataset(dataset.meta.classes, str(meta_path))
+        entry.vocabulary.check_dataset(dataset.meta.classes, str(meta_path))
         stems = dataset.stems(entry.split)
         stated = dataset.meta.splits.get(entry.split)
         if stated is not None and stated != len(stems):
             raise DataError(
                 f"{meta_path}: says split '{entry.split}' has {stated} images, found {len(stems)}"
             )
+        return dataset, stems, file_sha256(meta_path)
+
+    @staticmethod
+    def _provenance(key: RecordKey, dataset: PreparedDataset, meta_sha: str) -> dict[str, Any]:
+        return {
+            "version": key.data_version,
+            "meta_sha256": meta_sha,
+            "converter_version": dataset.meta.converter_version,
+            "source": dataset.meta.source,
+        }
+
+    def _evaluate(
+        self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None
+    ) -> dict[str, Any]:
+        dataset, stems, meta_sha = self._open(entry)
+        vocabulary = entry.vocabulary
         # a checkpoint is valid only for the very same files list and meta.json
-        meta_sha = file_sha256(meta_path)
         data_sha = json_sha256({"meta": meta_sha, "stems": stems})
         num_classes = len(vocabulary.classes)
         confusion = ConfusionMatrix(num_classes)
@@ -179,13 +208,118 @@ class Evaluator:
             raise
         if done == 0:
             raise ValueError(f"split '{entry.split}' of {entry.dataset} has no images")
-        provenance = {
-            "version": key.data_version,
-            "meta_sha256": meta_sha,
-            "converter_version": dataset.meta.converter_version,
-            "source": dataset.meta.source,
-        }
+        provenance = self._provenance(key, dataset, meta_sha)
         return self._record(entry, key, confusion, done, seconds, provenance)
+
+    # -- several processes (torchrun) ----------------------------------------------------------
+    def _agree(self, error: str | None) -> str | None:
+        """Collective: None when no process failed, else the same message on every process."""
+        errors = self.context.all_gather_object(error)
+        failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
+        if not failed:
+            return None
+        if len(failed) == len(errors) and len({message for _, message in failed}) == 1:
+            return failed[0][1]  # the same failure everywhere (a missing dataset, say)
+        return "; ".join(f"process {rank}: {message}" for rank, message in failed)
+
+    def _run_distributed(
+        self, entries: list[EvalEntry], progress: ProgressSink | None
+    ) -> list[Outcome]:
+        """``run`` as one of several processes: each step ends in a collective that every
+        process reaches, also when its own part failed, so no process waits forever and all
+        return the same statuses; only rank 0 reads existing records and writes files."""
+        ctx = self.context
+        outcomes = []
+        for entry in entries:
+            error: str | None = None
+            key: RecordKey | None = None
+            existing: dict[str, Any] | None = None
+            try:
+                key = self.key(entry)
+                if ctx.is_main:
+                    existing = self.store.find(key)
+            except Exception as caught:
+                error = _describe(caught)
+            failure = self._agree(error)
+            # rank 0 alone decides whether the record exists; every process follows it
+            found = torch.tensor([int(existing is not None)], dtype=torch.int64)
+            ctx.all_reduce_sum(found)
+            if failure is not None:
+                outcomes.append(Outcome(entry.dataset, "failed", error=failure))
+                continue
+            assert key is not None
+            if int(found.item()):
+                if ctx.is_main:
+                    self.store.discard_partial(key)  # partial checkpoints stay off here
+                path = self.store.path_for(key)
+                outcomes.append(Outcome(entry.dataset, "skipped", existing, path))
+                continue
+
+            shard = None
+            try:
+                shard = self._evaluate_shard(entry, key, progress)
+            except Exception as caught:  # reported by every process after the next collective
+                error = _describe(caught)
+            failure = self._agree(error)
+            if failure is not None:
+                outcomes.append(Outcome(entry.dataset, "failed", error=failure))
+                continue
+            assert shard is not None
+            confusion, done, seconds, provenance = shard
+            counts = torch.from_numpy(confusion.matrix)  # int64: the sum is exact
+            ctx.all_reduce_sum(counts)
+            totals = torch.tensor([done], dtype=torch.int64)
+            ctx.all_reduce_sum(totals)
+            elapsed = torch.tensor([seconds], dtype=torch.float64)
+            ctx.all_reduce_sum(elapsed)  # device seconds of all processes: ms/image per device
+            num_images = int(totals.item())
+            if num_images == 0:
+                message = f"ValueError: split '{entry.split}' of {entry.dataset} has no images"
+                outcomes.append(Outcome(entry.dataset, "failed", error=message))
+                continue
+
+            record = None
+            try:
+                if ctx.is_main:
+                    total = ConfusionMatrix(confusion.num_classes)
+                    total.load(counts.numpy())
+                    record = self._record(
+                        entry, key, total, num_images, float(elapsed.item()), provenance
+                    )
+                    self.store.save(record)
+            except Exception as caught:
+                error = _describe(caught)
+            failure = self._agree(error)
+            if failure is not None:
+                outcomes.append(Outcome(entry.dataset, "failed", error=failure))
+            else:
+                outcomes.append(Outcome(entry.dataset, "done", record, self.store.path_for(key)))
+        return outcomes
+
+    def _evaluate_shard(
+        self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None
+    ) -> tuple[ConfusionMatrix, int, float, dict[str, Any]]:
+        """This process's counts, images and prediction seconds over its shard of the split.
+
+        No partial checkpoints (see the module's docstring); ``progress`` counts this shard."""
+        dataset, stems, meta_sha = self._open(entry)
+        vocabulary = entry.vocabulary
+        indices = list(self.context.shard(len(stems)))
+        num_classes = len(vocabulary.classes)
+        confusion = ConfusionMatrix(num_classes)
+        if progress is not None:
+            progress.start(entry.dataset, len(indices), 0)
+        self.adapter.set_vocabulary(vocabulary.prompts())
+        samples = SegmentationDataset(dataset, entry.split, vocabulary.lookup_table())
+        loader = read_ahead(Subset(samples, indices), threads=self.settings.reader_threads)
+        done, seconds = 0, 0.0
+        for images, labels in _batches(loader, self.settings.batch_size):
+            counts, elapsed = self._predict(images, labels, num_classes)
+            confusion.merge(counts)
+            done, seconds = done + len(images), seconds + elapsed
+            if progress is not None:
+                progress.advance(len(images))
+        return confusion, done, seconds, self._provenance(key, dataset, meta_sha)
 
     @contextmanager
     def _harness_threads(self) -> Iterator[None]:
@@ -283,6 +417,10 @@ class Evaluator:
             "environment": {**describe_environment(), "data": provenance},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def _batches(

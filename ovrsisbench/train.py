@@ -1,0 +1,824 @@
+"""The generic trainer: any trainable adapter's recipe on a protocol's source split.
+
+The adapter gives its network, parameter groups, loss and train transform
+(``Adapter.training_recipe``); the trainer owns the loop: AdamW with one group per recipe group
+(LR multipliers, weight decay), linear warm-up then cosine to zero (detectron2 WarmupCosineLR),
+clipping of the total L2 gradient norm, bf16 autocast on CUDA, gradient accumulation, seeding,
+checkpoints and logging. Under torchrun the network is wrapped in DistributedDataParallel and
+only rank 0 writes files.
+
+Exact resume: the data order is a pure function of (seed, sample position) and every sample's
+augmentation draws from a generator seeded by (seed, epoch, index); every iteration reseeds the
+global RNGs (torch, numpy, random) from (seed, iteration, rank). So iteration ``i`` sees the same
+batch and the same random numbers whether or not the run was interrupted before it, on every
+rank, without saving any RNG state.
+
+Files in ``out``::
+
+    checkpoint-<iter:07d>.safetensors   the network's state dict (the recipe module's keys)
+    checkpoint-<iter:07d>.json          config: model, options, protocol, settings, iteration...
+    checkpoint-<iter:07d>.state.safetensors   optimizer state tensors ("optimizer.<id>.<name>")
+    checkpoint-<iter:07d>.state.json    param groups, iteration, loss window, file checksums
+    final.safetensors, final.json       the trained network and its config, at the end
+    log.jsonl                           one JSON object per logged iteration
+
+Only the latest periodic checkpoint is kept. Checkpoints are read with safetensors and json only
+(never pickle), and checked against the SHA-256 sums their JSON records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+import ovrsisbench
+from ovrsisbench.adapter import Adapter, TrainingRecipe
+from ovrsisbench.data.layout import open_dataset
+from ovrsisbench.data.loader import SegmentationDataset, _OneLineErrorLoader
+from ovrsisbench.environment import describe_environment
+from ovrsisbench.errors import UserError
+from ovrsisbench.io import atomic_write_bytes, atomic_write_text
+from ovrsisbench.protocol import Protocol
+
+CHECKPOINT_FORMAT = "ovrsisbench.train-checkpoint/1"
+LOG_FILE = "log.jsonl"
+FINAL = "final"
+AMP_MODES = ("auto", "bf16", "off")
+WARMUP_FACTOR = 0.001  # detectron2's default: the warm-up starts at 0.1 % of the LR
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{7})\.json$")
+# first words of the seed sequences, so the three kinds of streams never coincide
+_ORDER, _SAMPLE, _ITERATION = 0x6F72, 0x7361, 0x6974
+# settings that shape the trajectory: a resume must use the checkpoint's
+_RECIPE_KEYS = ("max_iters", "batch_size", "lr", "weight_decay", "clip_norm", "warmup_iters")
+_FIXED_KEYS = ("accumulate", "seed", "amp")
+
+
+@dataclass
+class TrainSettings:
+    """How to train; ``None`` takes the recipe's default (or, on resume, the checkpoint's)."""
+
+    max_iters: int | None = None
+    batch_size: int | None = None  # per iteration, total over processes and micro-batches
+    lr: float | None = None
+    weight_decay: float | None = None  # replaces the recipe's default decay (groups at 0 stay 0)
+    clip_norm: float | None = None  # total L2 norm bound; 0 switches clipping off
+    warmup_iters: int | None = None
+    accumulate: int = 1  # micro-batches per iteration
+    seed: int = 0
+    deterministic: bool = False
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA, off on CPU | "bf16" | "off"
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    workers: int = 2  # DataLoader worker processes (0: load in the main process)
+
+
+@dataclass
+class TrainResult:
+    """What a finished training left behind."""
+
+    iterations: int  # iterations done in total (resumed ones included)
+    checkpoint: Path  # out/final.safetensors
+    loss: float | None  # the last logged loss (mean over its logging window)
+    log: Path  # out/log.jsonl
+
+
+# -- schedule and seeding -------------------------------------------------------------------------
+def lr_factor(iteration: int, max_iters: int, warmup_iters: int = 0) -> float:
+    """The LR multiplier of 0-based ``iteration``: detectron2's WarmupCosineLR, i.e.
+    0.5 * (1 + cos(pi * t / T)), times a linear warm-up from 0.001 to 1 over ``warmup_iters``."""
+    cosine = 0.5 * (1.0 + math.cos(math.pi * iteration / max_iters))
+    if iteration >= warmup_iters:
+        return cosine
+    alpha = iteration / warmup_iters
+    return cosine * (WARMUP_FACTOR * (1.0 - alpha) + alpha)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def iteration_seed(seed: int, iteration: int, rank: int) -> int:
+    """The 64-bit seed of one iteration on one rank."""
+    words = np.random.SeedSequence([_ITERATION, seed, iteration, rank]).generate_state(1, np.uint64)
+    return int(words[0])
+
+
+# -- data -----------------------------------------------------------------------------------------
+class TrainSamples(Dataset):
+    """Samples of the train split, augmented by the recipe's transform.
+
+    Keys are ``(epoch, index)``: the transform's generator is seeded by (seed, epoch, index), so
+    an item is the same whenever and wherever it is loaded. Items are uint8 tensors: the image
+    (3, S, S) and the label (S, S) of scored ids or 255.
+    """
+
+    def __init__(
+        self, samples: SegmentationDataset, transform: Callable[..., Any], seed: int
+    ) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        item = self.samples[index]
+        rng = np.random.default_rng([_SAMPLE, self.seed, epoch, index])
+        image, label = self.transform(
+            item["image"].permute(1, 2, 0).numpy(), item["label"].numpy(), rng
+        )
+        _check_transformed(image, label, item["stem"])
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return image, torch.from_numpy(np.ascontiguousarray(label))
+
+
+def _check_transformed(image: Any, label: Any, stem: str) -> None:
+    ok = (
+        isinstance(image, np.ndarray)
+        and isinstance(label, np.ndarray)
+        and image.dtype == np.uint8
+        and label.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and label.shape == image.shape[:2]
+    )
+    if not ok:
+        described = [
+            f"{type(a).__name__} {getattr(a, 'shape', '')} {getattr(a, 'dtype', '')}".strip()
+            for a in (image, label)
+        ]
+        raise UserError(
+            f"the adapter's train transform returned image {described[0]} and label "
+            f"{described[1]} for '{stem}' (expected uint8 (S, S, 3) and uint8 (S, S))"
+        )
+
+
+class BatchPlan(Sampler):
+    """An endless batch sampler: the micro-batches of iterations ``start``, ``start + 1``, ...
+
+    Sample positions 0, 1, 2, ... run through one permutation of the split per epoch (seeded by
+    (seed, epoch)); iteration ``i`` takes positions ``i*B .. (i+1)*B - 1``, rank ``r`` of ``W``
+    takes every W-th of them from the r-th, and cuts its share into ``accumulate`` micro-batches.
+    The same iteration thus covers the same samples whatever the number of processes.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        batch_size: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        accumulate: int = 1,
+    ) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self.start = start
+        self.rank = rank
+        self.world_size = world_size
+        self.accumulate = accumulate
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample indices of ``epoch`` in visiting order."""
+        if epoch not in self._orders:
+            if len(self._orders) > 2:
+                self._orders.pop(min(self._orders))
+            rng = np.random.default_rng([_ORDER, self.seed, epoch])
+            self._orders[epoch] = rng.permutation(self.num_samples)
+        return self._orders[epoch]
+
+    def key(self, position: int) -> tuple[int, int]:
+        """The (epoch, index) of sample position ``position``."""
+        epoch, offset = divmod(position, self.num_samples)
+        return epoch, int(self.order(epoch)[offset])
+
+    def iteration(self, iteration: int) -> list[list[tuple[int, int]]]:
+        """This rank's micro-batches of ``iteration``."""
+        first = iteration * self.batch_size
+        mine = range(first + self.rank, first + self.batch_size, self.world_size)
+        size = len(mine) // self.accumulate
+        return [
+            [self.key(p) for p in mine[k * size : (k + 1) * size]] for k in range(self.accumulate)
+        ]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        iteration = self.start
+        while True:
+            yield from self.iteration(iteration)
+            iteration += 1
+
+
+def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack items into uint8 images (B, 3, S, S) and labels (B, S, S); the trainer converts
+    them on the device (float32 0-255, int64), which moves a quarter of the bytes."""
+    images, labels = zip(*items, strict=True)
+    if len({tuple(image.shape) for image in images}) > 1:
+        shapes = sorted({tuple(image.shape[1:]) for image in images})
+        raise UserError(f"the adapter's train transform returned several sizes {shapes}")
+    return torch.stack(images), torch.stack(labels)
+
+
+# -- settings -------------------------------------------------------------------------------------
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"training setting {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _non_negative(value: Any, name: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UserError(f"training setting {name} must be a number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise UserError(f"training setting {name} must be {'>' if positive else '>='} 0")
+    return float(value)
+
+
+def resolve_settings(
+    settings: TrainSettings, defaults: dict[str, Any], saved: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every setting with a value: given ones, else the checkpoint's (``saved``, on resume), else
+    the recipe's. Explicit values that differ from a resumed checkpoint's are an error."""
+    given = asdict(settings)
+    if saved is not None:
+        differ = [
+            key
+            for key in (*_RECIPE_KEYS, *_FIXED_KEYS)
+            if given[key] is not None and given[key] != saved.get(key)
+        ]
+        if differ:
+            shown = ", ".join(f"{k}={given[k]!r} (checkpoint: {saved.get(k)!r})" for k in differ)
+            raise UserError(
+                f"resume needs the checkpoint's settings: {shown}; drop them or train into "
+                "another --out"
+            )
+    resolved = dict(given)
+    for key in _RECIPE_KEYS:
+        if resolved[key] is None:
+            resolved[key] = saved[key] if saved is not None else defaults.get(key)
+    missing = [key for key in ("max_iters", "batch_size", "lr") if resolved[key] is None]
+    if missing:
+        raise UserError(f"the recipe gives no default {missing[0]}; set it explicitly")
+    resolved["max_iters"] = _positive_int(resolved["max_iters"], "max_iters")
+    resolved["batch_size"] = _positive_int(resolved["batch_size"], "batch_size")
+    resolved["warmup_iters"] = _positive_int(resolved["warmup_iters"] or 0, "warmup_iters", 0)
+    resolved["accumulate"] = _positive_int(resolved["accumulate"], "accumulate")
+    resolved["seed"] = _positive_int(resolved["seed"], "seed", 0)
+    resolved["checkpoint_every"] = _positive_int(resolved["checkpoint_every"], "checkpoint_every")
+    resolved["log_every"] = _positive_int(resolved["log_every"], "log_every")
+    resolved["workers"] = _positive_int(resolved["workers"], "workers", 0)
+    resolved["lr"] = _non_negative(resolved["lr"], "lr", positive=True)
+    if resolved["weight_decay"] is not None:
+        resolved["weight_decay"] = _non_negative(resolved["weight_decay"], "weight_decay")
+    if resolved["clip_norm"] is not None:
+        resolved["clip_norm"] = _non_negative(resolved["clip_norm"], "clip_norm")
+    if resolved["amp"] not in AMP_MODES:
+        raise UserError(f"unknown amp mode {resolved['amp']!r} (use {', '.join(AMP_MODES)})")
+    return resolved
+
+
+def _use_bf16(amp: str, device: torch.device) -> bool:
+    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
+
+
+# -- the optimiser --------------------------------------------------------------------------------
+def build_optimizer(
+    recipe: TrainingRecipe, lr: float, weight_decay: float | None
+) -> torch.optim.AdamW:
+    """AdamW with one group per recipe group: LR ``lr * lr_mult`` and the group's weight decay;
+    ``weight_decay`` (when given) replaces the recipe's default value in the groups that use it."""
+    default_decay = recipe.defaults.get("weight_decay")
+    groups, seen = [], set()
+    for index, group in enumerate(recipe.param_groups):
+        name = str(group.get("name", index))
+        missing = [k for k in ("params", "lr_mult", "weight_decay") if k not in group]
+        if missing:
+            raise UserError(f"the recipe's parameter group '{name}' has no {missing[0]!r}")
+        params = list(group["params"])
+        for param in params:
+            if not param.requires_grad:
+                raise UserError(f"the recipe's parameter group '{name}' holds a frozen tensor")
+            if id(param) in seen:
+                raise UserError("a tensor appears in two of the recipe's parameter groups")
+            seen.add(id(param))
+        decay = float(group["weight_decay"])
+        if weight_decay is not None and decay == default_decay and decay != 0:
+            decay = weight_decay
+        mult = float(group["lr_mult"])
+        groups.append(
+            {
+                "params": params,
+                "lr": lr * mult,
+                "lr_mult": mult,
+                "weight_decay": decay,
+                "name": name,
+            }
+        )
+    if not seen:
+        raise UserError("the recipe has no trainable parameters")
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+class _LossModule(torch.nn.Module):
+    """The network with the recipe's loss as its forward, so DistributedDataParallel sees the
+    forward pass that the loss runs (and synchronises the gradients of its backward)."""
+
+    def __init__(self, module: torch.nn.Module, loss: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.module = module
+        self.loss = loss
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(images, labels)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def checkpoint_stem(iteration: int) -> str:
+    return f"checkpoint-{iteration:07d}"
+
+
+def latest_checkpoint(out: Path) -> tuple[int, Path] | None:
+    """(iteration, config JSON path) of the newest complete checkpoint in ``out``, if any."""
+    if not Path(out).is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p) for p in Path(out).iterdir() if (m := _CHECKPOINT_RE.match(p.name))
+    ]
+    return max(found) if found else None
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    # own CPU copies: safetensors refuses tensors that share memory (tied weights)
+    return save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()})
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str) + "\n"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint JSON object; UserError naming ``path`` if it is missing or corrupted."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (the checkpoint is incomplete)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: corrupted checkpoint file ({_one_line(error)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: corrupted checkpoint file (not a JSON object)")
+    return data
+
+
+def read_tensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (CPU); UserError naming ``path`` if it is missing,
+    unreadable or differs from ``sha256``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (the checkpoint is incomplete)") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read checkpoint file ({_one_line(error)})") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise UserError(f"{path}: corrupted checkpoint file (its SHA-256 differs from the record)")
+    try:
+        return load(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise UserError(f"{path}: corrupted checkpoint file ({_one_line(error)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state: tensors keyed ``optimizer.<param id>.<name>``, and the rest."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{param_id}.{name}"] = value
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "state": scalars}
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict, where: Path
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        prefix, param_id, name = key.split(".", 2)
+        if prefix != "optimizer":
+            raise UserError(f"{where}: unexpected tensor {key!r}")
+        state.setdefault(int(param_id), {})[name] = tensor
+    for param_id, entries in info.get("state", {}).items():
+        state.setdefault(int(param_id), {}).update(entries)
+    groups = [dict(group) for group in info["param_groups"]]
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    current = optimizer.param_groups
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
+        raise UserError(f"{where}: its parameter groups differ from the model's recipe")
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise UserError(f"{where}: does not fit the optimizer ({_one_line(error)})") from None
+
+
+# -- the trainer ----------------------------------------------------------------------------------
+@contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms (and no cuDNN autotuning) while training, restored after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = not enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+class _Trainer:
+    """One training run's state; ``train`` builds it and calls ``run``."""
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        protocol: Protocol,
+        data_root: Path,
+        out: Path,
+        settings: TrainSettings,
+        resume: bool,
+        progress: Any,
+    ) -> None:
+        from ovrsisbench.distributed import context
+
+        if not adapter.trainable:
+            raise UserError(f"model '{adapter.name}' is not trainable (it is evaluated as is)")
+        self.adapter = adapter
+        self.protocol = protocol
+        self.out = Path(out)
+        entry = protocol.train
+        dataset = open_dataset(data_root, entry.dataset)
+        entry.vocabulary.check_dataset(dataset.meta.classes, str(dataset.directory / "meta.json"))
+        self.samples = SegmentationDataset(dataset, entry.split, entry.vocabulary.lookup_table())
+        if len(self.samples) == 0:
+            raise UserError(f"split '{entry.split}' of {entry.dataset} has no images to train on")
+        self.identity = {
+            "model": adapter.name,
+            "options": adapter.options,
+            "protocol": protocol.name,
+            "train": {
+                "dataset": entry.dataset,
+                "split": entry.split,
+                "vocabulary": {"name": entry.vocabulary.name, "sha256": entry.vocabulary.sha256},
+                "data_version": dataset.meta.version(),
+            },
+        }
+        self.recipe = adapter.training_recipe(entry.vocabulary.prompts())
+        self.module = self.recipe.module
+        device = next(self.module.parameters()).device
+        # under torchrun every process computes on its own device (cuda:LOCAL_RANK or the CPU);
+        # a single process stays where the adapter was loaded
+        self.ctx = context(device.type)
+        self.device = self.ctx.device if self.ctx.world_size > 1 else device
+        self.module.to(self.device)
+        self.progress = progress if self.ctx.is_main else None
+
+        found = latest_checkpoint(self.out)
+        final = (self.out / f"{FINAL}.json").exists()
+        if resume and found is None:
+            raise UserError(
+                f"no checkpoint to resume in {self.out} (train without --resume to start)"
+            )
+        if not resume and (found is not None or final):
+            raise UserError(
+                f"{self.out} already holds a training run; give --resume to continue it, or "
+                "another --out"
+            )
+        self.start = 0
+        saved_config = None
+        if found is not None:
+            saved_config = read_json(found[1])
+            self._check_identity(saved_config, found[1])
+        self.settings = resolve_settings(
+            settings, self.recipe.defaults, saved_config["settings"] if saved_config else None
+        )
+        s = self.settings
+        world, accumulate = self.ctx.world_size, s["accumulate"]
+        if s["batch_size"] % (world * accumulate):
+            raise UserError(
+                f"batch size {s['batch_size']} must be divisible by accumulate ({accumulate}) "
+                f"x processes ({world})"
+            )
+        self.bf16 = _use_bf16(s["amp"], self.device)
+        self.optimizer = build_optimizer(self.recipe, s["lr"], s["weight_decay"])
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.window = [0.0, 0]  # loss sum and iteration count since the last logged iteration
+        self.last_loss: float | None = None
+        if found is not None:
+            self._load(found[0], found[1], saved_config)
+
+    # -- identity and checkpoints --------------------------------------------------------------
+    def _check_identity(self, config: dict, path: Path) -> None:
+        saved = {key: config.get(key) for key in self.identity}
+        current = json.loads(json.dumps(self.identity))
+        differ = [key for key in current if saved[key] != current[key]]
+        if differ:
+            raise UserError(
+                f"{path}: was trained with another {', '.join(differ)} "
+                f"({'; '.join(f'{k}: {saved[k]}' for k in differ)}); resume with the same or "
+                "train into another --out"
+            )
+
+    def _config(self, iteration: int, model_sha: str) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "iteration": iteration,
+            **self.identity,
+            "settings": self.settings,
+            "recipe_defaults": self.recipe.defaults,
+            "world_size": self.ctx.world_size,
+            "code_version": ovrsisbench.__version__,
+            "environment": describe_environment(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model_file": {"sha256": model_sha},
+        }
+
+    def _load(self, iteration: int, config_path: Path, config: dict) -> None:
+        stem = self.out / checkpoint_stem(iteration)
+        if config.get("format") != CHECKPOINT_FORMAT or config.get("iteration") != iteration:
+            raise UserError(
+                f"{config_path}: not a checkpoint of this trainer at iteration {iteration}"
+            )
+        model_sha = (config.get("model_file") or {}).get("sha256")
+        tensors = read_tensors(stem.with_suffix(".safetensors"), model_sha)
+        try:
+            self.module.load_state_dict(tensors)
+        except RuntimeError as error:
+            raise UserError(
+                f"{stem}.safetensors: does not fit the model ({_one_line(error)})"
+            ) from None
+        state_json = Path(f"{stem}.state.json")
+        state = read_json(state_json)
+        state_tensors = read_tensors(Path(f"{stem}.state.safetensors"), state.get("sha256"))
+        try:
+            _load_optimizer(self.optimizer, state_tensors, state["optimizer"], state_json)
+            self.window = [float(state["window"][0]), int(state["window"][1])]
+            self.last_loss = state["last_loss"]
+        except (KeyError, TypeError, IndexError, ValueError) as error:
+            raise UserError(f"{state_json}: corrupted checkpoint file ({error!r})") from None
+        self.start = iteration
+
+    def _save(self, iteration: int, done: bool) -> None:
+        """Write checkpoint ``iteration`` (state first, config JSON last), then drop older ones;
+        at the end also final.safetensors + final.json. Rank 0 writes; every rank waits."""
+        if self.ctx.is_main:
+            stem = self.out / checkpoint_stem(iteration)
+            tensors, info = _optimizer_files(self.optimizer)
+            state_bytes = _tensor_bytes(tensors)
+            model_bytes = _tensor_bytes(self.module.state_dict())
+            model_sha = hashlib.sha256(model_bytes).hexdigest()
+            atomic_write_bytes(Path(f"{stem}.state.safetensors"), state_bytes)
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "iteration": iteration,
+                "sha256": hashlib.sha256(state_bytes).hexdigest(),
+                "optimizer": info,
+                "window": self.window,
+                "last_loss": self.last_loss,
+            }
+            atomic_write_text(Path(f"{stem}.state.json"), _json_text(state))
+            atomic_write_bytes(stem.with_suffix(".safetensors"), model_bytes)
+            config = self._config(iteration, model_sha)
+            atomic_write_text(stem.with_suffix(".json"), _json_text(config))
+            for path in self.out.glob("checkpoint-*"):
+                if not path.name.startswith(stem.name + "."):
+                    path.unlink(missing_ok=True)
+            if done:
+                atomic_write_bytes(self.out / f"{FINAL}.safetensors", model_bytes)
+                atomic_write_text(self.out / f"{FINAL}.json", _json_text(config))
+        self.ctx.barrier()
+
+    def _prepare_log(self) -> None:
+        """A fresh log, or on resume the log up to the checkpoint (later lines belong to the
+        interrupted run and will be written again)."""
+        if self.ctx.is_main:
+            path = self.out / LOG_FILE
+            kept = []
+            if self.start and path.exists():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        if json.loads(line)["iteration"] <= self.start:
+                            kept.append(line + "\n")
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        break  # a torn last line of a killed run
+            atomic_write_text(path, "".join(kept))
+        self.ctx.barrier()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _loader(self) -> Any:
+        s = self.settings
+        plan = BatchPlan(
+            len(self.samples),
+            s["seed"],
+            s["batch_size"],
+            start=self.start,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            accumulate=s["accumulate"],
+        )
+        return _OneLineErrorLoader(
+            TrainSamples(self.samples, self.recipe.transform, s["seed"]),
+            batch_sampler=plan,
+            num_workers=s["workers"],
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def run(self) -> TrainResult:
+        s = self.settings
+        max_iters = s["max_iters"]
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.ctx.barrier()
+        if self.start >= max_iters:
+            self._save(max_iters, done=True)  # the run had finished: make sure final is there
+            return self._result(max_iters)
+        self._prepare_log()
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(
+                f"train {self.adapter.name}", total=max_iters, completed=self.start
+            )
+        self.module.train()
+        network: torch.nn.Module = _LossModule(self.module, self.recipe.loss)
+        ddp = None
+        if self.ctx.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            ddp = network = DistributedDataParallel(network, device_ids=ids)
+        batches = iter(self._loader())
+        timing = [0.0, 0.0, time.perf_counter()]  # data seconds, step seconds, window start
+        try:
+            with _determinism(s["deterministic"]):
+                for iteration in range(self.start, max_iters):
+                    loss, data_time, step_time = self._step(iteration, network, ddp, batches)
+                    timing[0] += data_time
+                    timing[1] += step_time
+                    self.window[0] += loss
+                    self.window[1] += 1
+                    done = iteration + 1
+                    if done % s["log_every"] == 0 or done == max_iters:
+                        self._log(done, timing, task)
+                        timing = [0.0, 0.0, time.perf_counter()]
+                    if task is not None:
+                        self.progress.advance(task)
+                    if done % s["checkpoint_every"] == 0 or done == max_iters:
+                        self._check_finite(done)
+                        saving = time.perf_counter()
+                        self._save(done, done=done == max_iters)
+                        timing[2] += time.perf_counter() - saving  # it/s leaves saving out
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        return self._result(max_iters)
+
+    def _step(
+        self, iteration: int, network: torch.nn.Module, ddp: Any, batches: Iterator
+    ) -> tuple[float, float, float]:
+        """One iteration: its loss (mean over micro-batches and ranks), data and step seconds."""
+        s = self.settings
+        start = time.perf_counter()
+        data_time = 0.0
+        seed = iteration_seed(s["seed"], iteration, self.ctx.rank)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        factor = lr_factor(iteration, s["max_iters"], s["warmup_iters"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = s["lr"] * factor * group["lr_mult"]
+        self.optimizer.zero_grad(set_to_none=True)
+        accumulate = s["accumulate"]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for micro in range(accumulate):
+            tick = time.perf_counter()
+            images, labels = next(batches)
+            data_time += time.perf_counter() - tick
+            images = images.to(self.device, non_blocking=True).float()
+            labels = labels.to(self.device, non_blocking=True).long()
+            last = micro == accumulate - 1
+            with nullcontext() if ddp is None or last else ddp.no_sync():
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    loss = network(images, labels)
+                if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                    shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
+                    raise UserError(f"the recipe's loss returned {shape}, expected a scalar tensor")
+                (loss.float() / accumulate).backward()
+            total += loss.detach().double() / accumulate
+        clip = s["clip_norm"]
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+        self.optimizer.step()
+        total = self.ctx.all_reduce_sum(total) / self.ctx.world_size
+        value = float(total.item())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return value, data_time, time.perf_counter() - start - data_time
+
+    def _check_finite(self, iteration: int) -> None:
+        if not math.isfinite(self.window[0]):
+            raise UserError(
+                f"training diverged: the loss is not finite by iteration {iteration} (try a "
+                "lower --lr, or --amp off)"
+            )
+
+    def _log(self, iteration: int, timing: list[float], task: Any) -> None:
+        count = self.window[1]
+        loss = self.window[0] / count
+        self.window = [0.0, 0]
+        self.last_loss = loss
+        if not math.isfinite(loss):
+            raise UserError(
+                f"training diverged: the loss is {loss} at iteration {iteration} (try a lower "
+                "--lr, or --amp off)"
+            )
+        seconds = time.perf_counter() - timing[2]
+        s = self.settings
+        lr = s["lr"] * lr_factor(iteration - 1, s["max_iters"], s["warmup_iters"])
+        line = {
+            "iteration": iteration,
+            "loss": loss,
+            "lr": lr,
+            "it_per_s": count / seconds if seconds > 0 else None,
+            "data_seconds": timing[0] / count,
+            "step_seconds": timing[1] / count,
+        }
+        if self.ctx.is_main:
+            with open(self.out / LOG_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+        if task is not None:
+            speed = f"{line['it_per_s']:.2f} it/s" if line["it_per_s"] else ""
+            self.progress.update(
+                task,
+                description=f"train {self.adapter.name} · loss {loss:.4f} · lr {lr:.2e} · {speed}",
+            )
+
+    def _result(self, iterations: int) -> TrainResult:
+        return TrainResult(
+            iterations=iterations,
+            checkpoint=self.out / f"{FINAL}.safetensors",
+            loss=self.last_loss,
+            log=self.out / LOG_FILE,
+        )
+
+
+def train(
+    adapter: Adapter,
+    protocol: Protocol,
+    data_root: Path,
+    out: Path,
+    settings: TrainSettings,
+    resume: bool = False,
+    progress: Any = None,
+) -> TrainResult:
+    """Train the loaded ``adapter`` on ``protocol.train``, writing checkpoints and the log into
+    ``out``; ``resume`` continues from the latest checkpoint there exactly as if never stopped.
+    ``progress``: a rich Progress to show loss, LR, it/s and ETA on (rank 0 only)."""
+    return _Trainer(adapter, protocol, data_root, out, settings, resume, progress).run()

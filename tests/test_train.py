@@ -1,0 +1,462 @@
+"""The generic trainer on the toy trainable adapter and the synthetic demo data (CPU, fast)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PLUGINS
+from safetensors.torch import load_file
+
+from ovrsisbench.adapter import create_adapter
+from ovrsisbench.errors import UserError
+from ovrsisbench.evaluate import EvalSettings, Evaluator
+from ovrsisbench.protocol import load_protocol
+from ovrsisbench.results import ResultStore
+from ovrsisbench.train import (
+    BatchPlan,
+    TrainSettings,
+    latest_checkpoint,
+    lr_factor,
+    seed_everything,
+    train,
+)
+
+MODEL = "toy_adapters:ToyTrainable"
+
+
+@pytest.fixture
+def demo():
+    return load_protocol("demo")
+
+
+@pytest.fixture
+def make_toy(toy_adapters):
+    """A factory of loaded toy adapters (CPU), initialised from ``seed``."""
+
+    def make(seed: int = 0, **options):
+        adapter = create_adapter(MODEL, **options)
+        seed_everything(seed)
+        adapter.load(None, "cpu")
+        return adapter
+
+    return make
+
+
+def fast(**overrides) -> TrainSettings:
+    values = {"workers": 0, "log_every": 1, "batch_size": 4, "max_iters": 4, **overrides}
+    return TrainSettings(**values)
+
+
+def log_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def parameters(adapter) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in adapter.network.state_dict().items()}
+
+
+def miou(adapter, protocol, data_root: Path, store: Path) -> float:
+    """mIoU of ``adapter`` on the training domain's held-out images (synthetic-source, val)."""
+    evaluator = Evaluator(
+        adapter, "toy", protocol, data_root, ResultStore(store), EvalSettings(reader_threads=0)
+    )
+    [outcome] = evaluator.run(protocol.select(["synthetic-source"]))
+    assert outcome.status == "done", outcome.error
+    return outcome.record["metrics"]["mIoU"]
+
+
+# -- learning -------------------------------------------------------------------------------------
+def test_training_lowers_the_loss_and_raises_miou(make_toy, demo, synthetic_root, tmp_path):
+    adapter = make_toy()
+    before = miou(adapter, demo, synthetic_root, tmp_path / "before")
+    result = train(
+        adapter, demo, synthetic_root, tmp_path / "out", fast(max_iters=40, batch_size=8)
+    )
+    after = miou(adapter, demo, synthetic_root, tmp_path / "after")
+    losses = [line["loss"] for line in log_lines(tmp_path / "out")]
+    assert len(losses) == 40 and result.iterations == 40
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.6 * first, f"loss over the first 5 iterations {first:.3f}, last 5 {last:.3f}"
+    # mIoU in percent; seeds 0-2 give about 3-11 untrained and 94-96 trained
+    assert after > 70 and after > before + 40, f"mIoU untrained {before:.1f}, trained {after:.1f}"
+    assert result.loss == losses[-1]
+    assert result.checkpoint == tmp_path / "out" / "final.safetensors"
+
+
+def test_logged_fields_and_rich_progress(make_toy, demo, synthetic_root, tmp_path):
+    from rich.console import Console
+
+    from ovrsisbench.display import make_progress
+
+    console = Console(file=open(tmp_path / "progress.txt", "w"), force_terminal=False, width=200)
+    with make_progress(console) as progress:
+        train(
+            make_toy(), demo, synthetic_root, tmp_path / "out", fast(log_every=2), progress=progress
+        )
+    lines = log_lines(tmp_path / "out")
+    assert [line["iteration"] for line in lines] == [2, 4]
+    for line in lines:
+        assert set(line) == {"iteration", "loss", "lr", "it_per_s", "data_seconds", "step_seconds"}
+        assert line["it_per_s"] > 0 and line["data_seconds"] >= 0 and line["step_seconds"] > 0
+    [task] = progress.tasks
+    assert task.completed == 4 and "loss" in task.description and "lr" in task.description
+
+
+# -- exact resume ---------------------------------------------------------------------------------
+def test_resume_continues_exactly(make_toy, demo, synthetic_root, tmp_path):
+    settings = fast(max_iters=6, checkpoint_every=3)
+    whole = make_toy()
+    train(whole, demo, synthetic_root, tmp_path / "whole", settings)
+
+    crashing = make_toy()
+    calls = []
+
+    def crash_in_iteration_4(images, labels):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("simulated crash")
+        return type(crashing).loss(crashing, images, labels)
+
+    crashing.loss = crash_in_iteration_4
+    # the second half loads its data in a worker process: data do not depend on that
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(
+            crashing,
+            demo,
+            synthetic_root,
+            tmp_path / "split",
+            fast(max_iters=6, workers=1, checkpoint_every=3),
+        )
+    out = tmp_path / "split"
+    assert latest_checkpoint(out) == (3, out / "checkpoint-0000003.json")
+    with open(out / "log.jsonl", "a") as log:  # a line the interrupted run wrote after saving
+        log.write(json.dumps({"iteration": 4, "loss": 0.0}) + "\n")
+
+    resumed = make_toy(seed=1)  # another initialisation: the checkpoint must replace it
+    result = train(
+        resumed, demo, synthetic_root, out, TrainSettings(workers=0, log_every=1), resume=True
+    )
+    assert result.iterations == 6
+
+    expected, got = parameters(whole), load_file(out / "final.safetensors")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
+    split_log, whole_log = log_lines(out), log_lines(tmp_path / "whole")
+    assert [(x["iteration"], x["loss"], x["lr"]) for x in split_log] == [
+        (x["iteration"], x["loss"], x["lr"]) for x in whole_log
+    ]
+    # only the latest periodic checkpoint is kept, plus the final weights
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "checkpoint-0000006.json",
+        "checkpoint-0000006.safetensors",
+        "checkpoint-0000006.state.json",
+        "checkpoint-0000006.state.safetensors",
+        "final.json",
+        "final.safetensors",
+        "log.jsonl",
+    ]
+
+
+def test_checkpoint_files(make_toy, demo, synthetic_root, tmp_path):
+    adapter = make_toy()
+    train(adapter, demo, synthetic_root, tmp_path, fast(max_iters=2))
+    config = json.loads((tmp_path / "final.json").read_text())
+    assert config["iteration"] == 2 and config["model"] == "toy-trainable"
+    assert config["protocol"] == "demo" and config["train"]["dataset"] == "synthetic-source"
+    assert config["settings"]["lr"] == 1e-2 and config["settings"]["max_iters"] == 2
+    assert config["recipe_defaults"]["batch_size"] == 8
+    model_bytes = (tmp_path / "final.safetensors").read_bytes()
+    assert config["model_file"]["sha256"] == hashlib.sha256(model_bytes).hexdigest()
+    state = load_file(tmp_path / "checkpoint-0000002.state.safetensors")
+    assert {key.rsplit(".", 1)[1] for key in state} == {"step", "exp_avg", "exp_avg_sq"}
+    # the adapter loads the trained weights from the file
+    loaded = create_adapter(MODEL)
+    loaded.load(tmp_path / "final.safetensors", "cpu")
+    for key, value in parameters(adapter).items():
+        assert torch.equal(loaded.network.state_dict()[key], value)
+
+
+# -- optimiser, schedule, clipping ----------------------------------------------------------------
+def test_lr_schedule_is_warmup_then_cosine_to_zero():
+    assert lr_factor(0, 100) == 1.0
+    assert lr_factor(50, 100) == pytest.approx(0.5)
+    assert lr_factor(25, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(100, 100) == pytest.approx(0.0, abs=1e-15)
+    assert lr_factor(0, 100, warmup_iters=10) == pytest.approx(0.001)
+    cosine = 0.5 * (1 + math.cos(math.pi * 5 / 100))
+    assert lr_factor(5, 100, warmup_iters=10) == pytest.approx(cosine * (0.001 * 0.5 + 0.5))
+    assert lr_factor(10, 100, warmup_iters=10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
+
+
+def test_logged_lr_follows_the_schedule(make_toy, demo, synthetic_root, tmp_path):
+    train(make_toy(), demo, synthetic_root, tmp_path, fast(lr=0.02, warmup_iters=2))
+    logged = [line["lr"] for line in log_lines(tmp_path)]
+    assert logged == pytest.approx([0.02 * lr_factor(t, 4, 2) for t in range(4)])
+    assert logged[0] == pytest.approx(0.02 * 0.001)
+
+
+def test_param_group_lr_multipliers_and_weight_decay(toy_adapters, demo, synthetic_root, tmp_path):
+    import toy_adapters as toys
+
+    class Probed(toys.ToyTrainable):
+        """Adds a parameter with a zero gradient: AdamW changes it by weight decay alone."""
+
+        def training_recipe(self, classes):
+            recipe = super().training_recipe(classes)
+            probe = torch.nn.Parameter(torch.ones(4))
+            recipe.module.register_parameter("probe", probe)
+            recipe.param_groups.append(
+                {"params": [probe], "lr_mult": 2.0, "weight_decay": 0.25, "name": "probe"}
+            )
+            loss = recipe.loss
+            recipe.loss = lambda images, labels: loss(images, labels) + 0.0 * probe.sum()
+            return recipe
+
+    adapter = Probed(head_lr_mult=0.0)
+    seed_everything(0)
+    adapter.load(None, "cpu")
+    before = parameters(adapter)
+    settings = fast(max_iters=2, lr=0.1, weight_decay=0.5)
+    train(adapter, demo, synthetic_root, tmp_path, settings)
+    after = parameters(adapter)
+    # head: LR multiplier 0, so nothing moves (weight decay is scaled by the LR too)
+    for key in ("proj.weight", "proj.bias", "logit_scale"):
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["conv1.weight"], before["conv1.weight"])
+    # probe: decoupled decay with LR 0.1 * factor * 2 and its own decay 0.25 (kept: not default)
+    expected = 1.0
+    for t in range(2):
+        expected *= 1 - 0.1 * lr_factor(t, 2) * 2.0 * 0.25
+    torch.testing.assert_close(after["probe"], torch.full((4,), expected), rtol=1e-6, atol=0)
+    state = json.loads((tmp_path / "checkpoint-0000002.state.json").read_text())
+    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
+    last = 0.1 * lr_factor(1, 2)
+    assert groups["body"]["lr"] == pytest.approx(last) and groups["head"]["lr"] == 0.0
+    assert groups["probe"]["lr"] == pytest.approx(2 * last)
+    # --weight-decay replaces the recipe's default decay (1e-4); norms stay at 0
+    decays = {name: group["weight_decay"] for name, group in groups.items()}
+    assert decays == {"body": 0.5, "norm": 0.0, "head": 0.5, "probe": 0.25}
+
+
+def update_norm(make_toy, demo, synthetic_root, out: Path, clip_norm: float) -> float:
+    adapter = make_toy()
+    before = parameters(adapter)
+    settings = fast(max_iters=1, lr=0.01, weight_decay=0.0, clip_norm=clip_norm)
+    train(adapter, demo, synthetic_root, out, settings)
+    after = parameters(adapter)
+    return math.sqrt(sum(float((after[k] - before[k]).pow(2).sum()) for k in before))
+
+
+def test_gradient_clipping_bounds_the_update(make_toy, demo, synthetic_root, tmp_path):
+    """Adam's first step moves each weight by lr * g / (|g| + eps): with the total gradient norm
+    clipped to c << eps the whole update is at most lr * c / eps; unclipped about lr per weight."""
+    clipped = update_norm(make_toy, demo, synthetic_root, tmp_path / "clipped", 1e-9)
+    free = update_norm(make_toy, demo, synthetic_root, tmp_path / "free", 0.0)
+    bound = 0.01 * 1e-9 / 1e-8
+    assert 0 < clipped <= bound * 1.001, f"clipped update {clipped:.3g}, bound {bound:.3g}"
+    assert free > 100 * bound, f"unclipped update {free:.3g}"
+
+
+def test_accumulation_matches_the_full_batch(make_toy, demo, synthetic_root, tmp_path):
+    one, two = make_toy(), make_toy()
+    train(one, demo, synthetic_root, tmp_path / "one", fast(max_iters=3))
+    train(two, demo, synthetic_root, tmp_path / "two", fast(max_iters=3, accumulate=2))
+    for key, value in parameters(one).items():
+        torch.testing.assert_close(parameters(two)[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    losses = [[line["loss"] for line in log_lines(tmp_path / name)] for name in ("one", "two")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_bf16_autocast_on_cpu(make_toy, demo, synthetic_root, tmp_path):
+    result = train(make_toy(), demo, synthetic_root, tmp_path, fast(max_iters=2, amp="bf16"))
+    assert math.isfinite(result.loss)
+
+
+def test_deterministic_mode_is_restored_afterwards(make_toy, demo, synthetic_root, tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(make_toy(), demo, synthetic_root, tmp_path, fast(max_iters=1, deterministic=True))
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_batch_plan_is_a_pure_function_of_the_iteration():
+    plan = BatchPlan(10, seed=3, batch_size=4)
+    stream = [key for it in range(6) for key in plan.iteration(it)[0]]
+    for epoch in range(2):  # each epoch visits every sample once
+        assert sorted(i for e, i in stream if e == epoch) == list(range(10))
+    assert BatchPlan(10, seed=4, batch_size=4).iteration(0) != plan.iteration(0)
+    # resuming at iteration 2 yields what the uninterrupted plan yields there
+    resumed = iter(BatchPlan(10, seed=3, batch_size=4, start=2))
+    assert [next(resumed) for _ in range(2)] == [plan.iteration(2)[0], plan.iteration(3)[0]]
+    # two ranks with two micro-batches each share out exactly the single process's batch
+    shares = [
+        BatchPlan(10, 3, 4, rank=r, world_size=2, accumulate=2).iteration(5) for r in range(2)
+    ]
+    assert sorted(key for share in shares for micro in share for key in micro) == sorted(
+        plan.iteration(5)[0]
+    )
+    assert all(len(micro) == 1 for share in shares for micro in share)
+
+
+# -- mistakes -------------------------------------------------------------------------------------
+def corrupt_garbage(path: Path) -> None:
+    path.write_bytes(b"not a checkpoint")
+
+
+def corrupt_flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # inside the tensor data: the header still parses
+    path.write_bytes(bytes(data))
+
+
+def corrupt_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt"),
+    [
+        ("checkpoint-0000002.safetensors", corrupt_garbage),
+        ("checkpoint-0000002.safetensors", corrupt_flip),
+        ("checkpoint-0000002.state.safetensors", corrupt_truncate),
+        ("checkpoint-0000002.state.json", corrupt_truncate),
+        ("checkpoint-0000002.json", corrupt_truncate),
+    ],
+)
+def test_corrupted_checkpoint_is_a_one_line_error(
+    make_toy, demo, synthetic_root, tmp_path, name, corrupt
+):
+    train(make_toy(), demo, synthetic_root, tmp_path, fast(max_iters=2))
+    corrupt(tmp_path / name)
+    with pytest.raises(UserError) as error:
+        train(make_toy(), demo, synthetic_root, tmp_path, fast(max_iters=None), resume=True)
+    message = str(error.value)
+    assert str(tmp_path / name) in message and "\n" not in message, message
+
+
+def test_settings_mistakes(make_toy, demo, synthetic_root, tmp_path):
+    with pytest.raises(UserError, match="amp"):
+        train(make_toy(), demo, synthetic_root, tmp_path / "a", fast(amp="fp16"))
+    with pytest.raises(UserError, match="divisible"):
+        train(make_toy(), demo, synthetic_root, tmp_path / "b", fast(batch_size=3, accumulate=2))
+    train(make_toy(), demo, synthetic_root, tmp_path / "c", fast(max_iters=1))
+    with pytest.raises(UserError, match="already holds a training run"):
+        train(make_toy(), demo, synthetic_root, tmp_path / "c", fast(max_iters=1))
+    with pytest.raises(UserError, match="checkpoint's settings: lr=1.0"):
+        train(
+            make_toy(), demo, synthetic_root, tmp_path / "c", fast(max_iters=1, lr=1.0), resume=True
+        )
+
+
+# -- the command line -----------------------------------------------------------------------------
+def train_arguments(data_root: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--model", MODEL, "--protocol", "demo", "--data-root", str(data_root),
+        "--results", str(results), "--device", "cpu", "--workers", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_train_then_evaluate(cli, toy_adapters, synthetic_root, tmp_path):
+    results = tmp_path / "results"
+    args = train_arguments(synthetic_root, results, "--max-iters", "3", "--batch-size", "4")
+    done = cli(*args, "--eval")
+    assert done.code == 0, done.err
+    out = results / "train" / "toy_adapters_ToyTrainable-demo"
+    assert "trained" in done.out and (out / "final.safetensors").is_file()
+    weights_sha = hashlib.sha256((out / "final.safetensors").read_bytes()).hexdigest()
+    records = [json.loads(p.read_text()) for p in (results / "records").rglob("*.json")]
+    assert sorted(r["dataset"] for r in records) == ["synthetic-source", "synthetic-target"]
+    assert all(r["weights_sha256"] == weights_sha for r in records)
+    # a finished run resumes to nothing new; a fresh start refuses to overwrite it
+    again = cli(*args, "--resume")
+    assert again.code == 0, again.err
+    assert hashlib.sha256((out / "final.safetensors").read_bytes()).hexdigest() == weights_sha
+    refused = cli(*args)
+    assert refused.code == 2 and "already holds a training run" in refused.err
+
+
+def test_cli_resume_without_checkpoint(cli, toy_adapters, synthetic_root, tmp_path):
+    result = cli(*train_arguments(synthetic_root, tmp_path, "--out", tmp_path / "x", "--resume"))
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "no checkpoint to resume" in lines[0], result.err
+
+
+def test_cli_mistakes(cli, toy_adapters, synthetic_root, tmp_path):
+    unknown = cli("train", "--model", MODEL, "--protocol", "nope")
+    assert unknown.code == 2 and "unknown protocol" in unknown.err
+    missing = cli(*train_arguments(tmp_path / "no-data", tmp_path))
+    assert missing.code == 2 and "does not exist" in missing.err
+    amp = cli(*train_arguments(synthetic_root, tmp_path, "--amp", "fp8"))
+    assert amp.code == 2 and "amp" in amp.err and len(amp.err.strip().splitlines()) == 1
+
+
+# -- under torchrun -------------------------------------------------------------------------------
+def launch(arguments: list[str], world_size: int = 2) -> list[subprocess.CompletedProcess]:
+    """Start ``ovrsisbench`` processes with torchrun's environment variables (gloo, CPU)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    launch_names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    base = {k: v for k, v in os.environ.items() if k not in launch_names}
+    pythonpath = os.pathsep.join(p for p in (str(PLUGINS), base.get("PYTHONPATH")) if p)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ovrsisbench", *arguments],
+            env={
+                **base,
+                "PYTHONPATH": pythonpath,
+                "OMP_NUM_THREADS": "1",
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(world_size),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world_size)
+    ]
+    finished = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=180)
+            finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return finished
+
+
+def test_two_processes_train_like_one(make_toy, demo, synthetic_root, tmp_path):
+    """Two gloo processes, each with half of every batch in two micro-batches, end where one
+    process with the whole batch ends; only rank 0 writes and prints."""
+    single = make_toy()
+    train(single, demo, synthetic_root, tmp_path / "single", fast(max_iters=3))
+    out = tmp_path / "ddp"
+    arguments = train_arguments(synthetic_root, tmp_path / "results", "--out", str(out))
+    arguments += ["--max-iters", "3", "--batch-size", "4", "--accumulate", "2", "--log-every", "1"]
+    ranks = launch(arguments)
+    for rank, process in enumerate(ranks):
+        assert process.returncode == 0, (rank, process.stderr)
+    assert "trained" in ranks[0].stdout and ranks[1].stdout == ""
+    got = load_file(out / "final.safetensors")
+    for key, value in parameters(single).items():
+        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    losses = [[line["loss"] for line in log_lines(path)] for path in (tmp_path / "single", out)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert json.loads((out / "final.json").read_text())["world_size"] == 2
