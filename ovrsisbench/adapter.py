@@ -43,6 +43,18 @@ class TrainingRecipe:
     defaults: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class DemoTraining:
+    """How ``ovrsisbench demo`` trains a trainable adapter's tiny model: adapter ``options``
+    added to ``demo_options`` and ``settings`` (``TrainSettings`` fields) replacing the
+    recipe's defaults, because the recipe is made for pretrained encoders and 30k iterations;
+    ``reason`` says why, in the demo's output."""
+
+    options: dict[str, Any]
+    settings: dict[str, Any]
+    reason: str
+
+
 class Adapter:
     """Base class of all models evaluated by the harness.
 
@@ -59,6 +71,8 @@ class Adapter:
     choices: ClassVar[dict[str, tuple]] = {}
     #: Options that make a tiny random model for ``ovrsisbench demo``; None = not in the demo.
     demo_options: ClassVar[dict[str, Any] | None] = None
+    #: How the demo trains the tiny model (trainable adapters); None = evaluated untrained only.
+    demo_training: ClassVar[DemoTraining | None] = None
     #: The network built by ``load`` (used for parameter counts); None until loaded.
     network: torch.nn.Module | None = None
 

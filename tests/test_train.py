@@ -16,12 +16,11 @@ import pytest
 import torch
 from conftest import PLUGINS
 from safetensors.torch import load_file
+from tests_helpers import source_miou
 
 from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
-from ovrsisbench.evaluate import EvalSettings, Evaluator
 from ovrsisbench.protocol import load_protocol
-from ovrsisbench.results import ResultStore
 from ovrsisbench.train import (
     BatchPlan,
     TrainSettings,
@@ -65,24 +64,14 @@ def parameters(adapter) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in adapter.network.state_dict().items()}
 
 
-def miou(adapter, protocol, data_root: Path, store: Path) -> float:
-    """mIoU of ``adapter`` on the training domain's held-out images (synthetic-source, val)."""
-    evaluator = Evaluator(
-        adapter, "toy", protocol, data_root, ResultStore(store), EvalSettings(reader_threads=0)
-    )
-    [outcome] = evaluator.run(protocol.select(["synthetic-source"]))
-    assert outcome.status == "done", outcome.error
-    return outcome.record["metrics"]["mIoU"]
-
-
 # -- learning -------------------------------------------------------------------------------------
 def test_training_lowers_the_loss_and_raises_miou(make_toy, demo, synthetic_root, tmp_path):
     adapter = make_toy()
-    before = miou(adapter, demo, synthetic_root, tmp_path / "before")
+    before = source_miou(adapter, synthetic_root, tmp_path / "before")
     result = train(
         adapter, demo, synthetic_root, tmp_path / "out", fast(max_iters=40, batch_size=8)
     )
-    after = miou(adapter, demo, synthetic_root, tmp_path / "after")
+    after = source_miou(adapter, synthetic_root, tmp_path / "after")
     losses = [line["loss"] for line in log_lines(tmp_path / "out")]
     assert len(losses) == 40 and result.iterations == 40
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])

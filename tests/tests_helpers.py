@@ -18,3 +18,15 @@ def run_toy(module: str, data_root: Path, results: Path, datasets=None, **option
     protocol = load_protocol("demo")
     evaluator = Evaluator(adapter, model, protocol, data_root, ResultStore(results), EvalSettings())
     return evaluator.run(protocol.select(datasets))
+
+
+def source_miou(adapter, data_root: Path, results: Path) -> float:
+    """mIoU (percent) of a loaded ``adapter`` on the demo protocol's training domain, held-out
+    images (synthetic-source, val)."""
+    protocol = load_protocol("demo")
+    evaluator = Evaluator(
+        adapter, adapter.name, protocol, data_root, ResultStore(results), EvalSettings()
+    )
+    [outcome] = evaluator.run(protocol.select(["synthetic-source"]))
+    assert outcome.status == "done", outcome.error
+    return outcome.record["metrics"]["mIoU"]
