@@ -641,12 +641,15 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+INTERRUPTED = 130  # the shell's exit status of a command stopped by Ctrl-C
+
+
 def main() -> None:
     """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)
-    except typer.Abort:
-        _fail("interrupted (run and prepare resume when the same command is run again)", 1)
+    except typer.Abort:  # end of input at a prompt
+        code = INTERRUPTED
     except UserError as error:
         _fail(str(error))
     except OSError as error:  # e.g. --out naming an unwritable place
@@ -654,6 +657,12 @@ def main() -> None:
     except Exception as error:
         _command_line_error(error)
         raise
+    if code == INTERRUPTED:  # typer turns KeyboardInterrupt (Ctrl-C, SIGTERM in train) into 130
+        _fail(
+            "interrupted (run and prepare resume when the same command is run again; train "
+            "continues with --resume)",
+            INTERRUPTED,
+        )
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -34,6 +34,8 @@ import math
 import os
 import random
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -64,6 +66,7 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{7})\.json$")
 # first words of the seed sequences, so the three kinds of streams never coincide
 _ORDER, _SAMPLE, _ITERATION = 0x6F72, 0x7361, 0x6974
 # settings that shape the trajectory: a resume must use the checkpoint's
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _RECIPE_KEYS = ("max_iters", "batch_size", "lr", "weight_decay", "clip_norm", "warmup_iters")
 _FIXED_KEYS = ("accumulate", "seed", "amp")
 
@@ -471,6 +474,13 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = benchmark
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops between
+    iterations and then shuts them down."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class _Trainer:
     """One training run's state; ``train`` builds it and calls ``run``."""
 
@@ -549,6 +559,7 @@ class _Trainer:
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.window = [0.0, 0]  # loss sum and iteration count since the last logged iteration
         self.last_loss: float | None = None
+        self.stop_requested = False  # set by SIGINT / SIGTERM while training
         if found is not None:
             self._load(found[0], found[1], saved_config)
 
@@ -668,6 +679,7 @@ class _Trainer:
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=_ignore_stop_signals,
         )
 
     def run(self) -> TrainResult:
@@ -696,9 +708,11 @@ class _Trainer:
         batches = iter(self._loader())
         timing = [0.0, 0.0, time.perf_counter()]  # data seconds, step seconds, window start
         try:
-            with _determinism(s["deterministic"]):
+            with _determinism(s["deterministic"]), self._stop_on_signals():
                 for iteration in range(self.start, max_iters):
-                    loss, data_time, step_time = self._step(iteration, network, ddp, batches)
+                    loss, stop, data_time, step_time = self._step(
+                        iteration, network, ddp, batches
+                    )
                     timing[0] += data_time
                     timing[1] += step_time
                     self.window[0] += loss
@@ -709,21 +723,49 @@ class _Trainer:
                         timing = [0.0, 0.0, time.perf_counter()]
                     if task is not None:
                         self.progress.advance(task)
-                    if done % s["checkpoint_every"] == 0 or done == max_iters:
+                    if done % s["checkpoint_every"] == 0 or done == max_iters or stop:
                         self._check_finite(done)
                         saving = time.perf_counter()
                         self._save(done, done=done == max_iters)
                         timing[2] += time.perf_counter() - saving  # it/s leaves saving out
+                    if stop and done < max_iters:
+                        raise KeyboardInterrupt(f"stopped after iteration {done}, checkpoint saved")
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
         return self._result(max_iters)
 
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) only
+        asks to stop: the current iteration ends, every process saves a checkpoint there and
+        the run raises KeyboardInterrupt; ``--resume`` continues exactly. A second signal
+        interrupts at once."""
+        self.stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def _step(
         self, iteration: int, network: torch.nn.Module, ddp: Any, batches: Iterator
-    ) -> tuple[float, float, float]:
-        """One iteration: its loss (mean over micro-batches and ranks), data and step seconds."""
+    ) -> tuple[float, bool, float, float]:
+        """One iteration: its loss (mean over micro-batches and ranks), whether any process was
+        asked to stop, data and step seconds."""
         s = self.settings
         start = time.perf_counter()
         data_time = 0.0
@@ -756,11 +798,13 @@ class _Trainer:
         if clip:
             torch.nn.utils.clip_grad_norm_(self.params, clip)
         self.optimizer.step()
-        total = self.ctx.all_reduce_sum(total) / self.ctx.world_size
-        value = float(total.item())
+        # one reduction carries the loss and the stop requests of every process
+        stop = torch.tensor(float(self.stop_requested), dtype=torch.float64, device=self.device)
+        summed = self.ctx.all_reduce_sum(torch.stack([total, stop])).tolist()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return value, data_time, time.perf_counter() - start - data_time
+        seconds = time.perf_counter() - start - data_time
+        return summed[0] / self.ctx.world_size, summed[1] > 0, data_time, seconds
 
     def _check_finite(self, iteration: int) -> None:
         if not math.isfinite(self.window[0]):

@@ -200,6 +200,21 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, synthetic_root
     assert not list(killed.rglob("*.partial.json"))
 
 
+def test_ctrl_c_is_one_line_and_exit_code_130(cli, monkeypatch, synthetic_root, tmp_path):
+    from ovrsisbench.evaluate import Evaluator
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Evaluator, "run", ctrl_c)
+    result = cli(
+        "run", "--model", "maskclip", "-o", "arch=tiny", "--protocol", "demo",
+        "--data-root", synthetic_root, "--results", tmp_path,
+    )  # fmt: skip
+    assert result.code == 130
+    assert result.err.strip().startswith("error: interrupted (run and prepare resume")
+
+
 def test_run_with_a_missing_data_root_is_a_user_error(cli, tmp_path):
     result = cli(
         "run",

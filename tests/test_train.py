@@ -6,9 +6,11 @@ import hashlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +158,56 @@ def test_resume_continues_exactly(make_toy, demo, synthetic_root, tmp_path):
         "final.safetensors",
         "log.jsonl",
     ]
+
+
+def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
+    make_toy, demo, synthetic_root, tmp_path
+):
+    """Ctrl-C in iteration 4 (data from a worker process, which ignores it) ends that iteration,
+    saves checkpoint 4 although checkpoints are due every 100, and resuming gives the
+    uninterrupted run's parameters."""
+    whole = make_toy()
+    train(whole, demo, synthetic_root, tmp_path / "whole", fast(max_iters=6))
+
+    stopped = make_toy()
+    calls = []
+
+    def ctrl_c_in_iteration_4(images, labels):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return type(stopped).loss(stopped, images, labels)
+
+    stopped.loss = ctrl_c_in_iteration_4
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt, match="after iteration 4"):
+        settings = fast(max_iters=6, workers=1, checkpoint_every=100)
+        train(stopped, demo, synthetic_root, out, settings)
+    assert len(calls) == 4 and latest_checkpoint(out) == (4, out / "checkpoint-0000004.json")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    resumed = make_toy(seed=1)
+    train(resumed, demo, synthetic_root, out, fast(max_iters=6), resume=True)
+    expected, got = parameters(whole), load_file(out / "final.safetensors")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_a_second_signal_interrupts_at_once(make_toy, demo, synthetic_root, tmp_path):
+    adapter = make_toy()
+    calls = []
+
+    def two_signals(images, labels):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return type(adapter).loss(adapter, images, labels)
+
+    adapter.loss = two_signals
+    with pytest.raises(KeyboardInterrupt):
+        train(adapter, demo, synthetic_root, tmp_path, fast(max_iters=6, checkpoint_every=100))
+    assert len(calls) == 1 and latest_checkpoint(tmp_path) is None
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_checkpoint_files(make_toy, demo, synthetic_root, tmp_path):
@@ -373,6 +425,42 @@ def test_cli_train_then_evaluate(cli, toy_adapters, synthetic_root, tmp_path):
     assert hashlib.sha256((out / "final.safetensors").read_bytes()).hexdigest() == weights_sha
     refused = cli(*args)
     assert refused.code == 2 and "already holds a training run" in refused.err
+
+
+def test_cli_ctrl_c_saves_and_resume_finishes(synthetic_root, tmp_path):
+    """A real Ctrl-C to the command's process group (main process and data worker) while
+    training: exit code 130 with the resume hint, a checkpoint at the last finished iteration,
+    and ``--resume`` finishes the run."""
+    out = tmp_path / "out"
+    args = train_arguments(
+        synthetic_root, tmp_path, "--out", str(out), "--max-iters", "150", "--workers", "1",
+        "--log-every", "1", "--checkpoint-every", "1000",
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), *sys.path])}
+    command = [sys.executable, "-m", "ovrsisbench", *args]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    log = out / "log.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err
+    assert "interrupted" in err.decode() and "--resume" in err.decode()
+    found = latest_checkpoint(out)
+    assert found is not None and 3 <= found[0] < 150
+    assert log_lines(out)[-1]["iteration"] == found[0]
+    finished = subprocess.run([*command, "--resume"], env=env, capture_output=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr.decode()
+    assert json.loads((out / "final.json").read_text())["iteration"] == 150
 
 
 def test_cli_resume_without_checkpoint(cli, toy_adapters, synthetic_root, tmp_path):
