@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import PLUGINS
+from launch import LAUNCH_VARIABLES, free_port, launch_by_hand, torchrun
 
 from ovrsisbench.data.converters.synthetic import generate_synthetic_benchmark
 from ovrsisbench.distributed import Context, cleanup, context
 from ovrsisbench.errors import UserError
-
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-TIMEOUT = 180  # seconds: a hung collective fails the test instead of blocking the suite
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +27,6 @@ def odd_root(tmp_path_factory) -> Path:
         meta = json.loads((root / name / "meta.json").read_text())
         assert meta["splits"][split] == count
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
-    pythonpath = os.pathsep.join(p for p in (str(PLUGINS), env.get("PYTHONPATH")) if p)
-    return {**env, "PYTHONPATH": pythonpath, "COLUMNS": "250", "OMP_NUM_THREADS": "1", **extra}
 
 
 def run_arguments(model: str, data_root: Path, results: Path) -> list[str]:
@@ -71,38 +52,6 @@ def records(results: Path) -> dict[str, dict]:
         path.name: json.loads(path.read_text())
         for path in sorted((results / "records").rglob("*.json"))
     }
-
-
-def launch_by_hand(arguments: list[str], world_size: int = 2) -> list[subprocess.CompletedProcess]:
-    """Start the processes as torchrun would (its environment variables), keeping each one's
-    exit code and output apart."""
-    port = str(free_port())
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ovrsisbench", *arguments],
-            env=environment(
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                WORLD_SIZE=str(world_size),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(world_size)
-    ]
-    finished = []
-    try:
-        for process in processes:
-            out, err = process.communicate(timeout=TIMEOUT)
-            finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    return finished
 
 
 # -- Context ----------------------------------------------------------------------------------
@@ -170,20 +119,7 @@ def test_torchrun_evaluation_equals_a_single_process_run(
     result = cli(*run_arguments("ColourAdapter", odd_root, single))
     assert result.code == 0, result.err
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    launched = subprocess.run(
-        [
-            *torchrun,
-            "--standalone",
-            "-m",
-            "ovrsisbench",
-            *run_arguments("ColourAdapter", odd_root, parallel),
-        ],
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    launched = torchrun(run_arguments("ColourAdapter", odd_root, parallel))
     assert launched.returncode == 0, launched.stderr
     # rank 0 alone prints the table and writes the leaderboards
     assert launched.stdout.count("on protocol demo") == 1

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PLUGINS
+from launch import torchrun
 from safetensors.torch import load_file
 from tests_helpers import source_miou
 
@@ -480,60 +480,26 @@ def test_cli_mistakes(cli, toy_adapters, synthetic_root, tmp_path):
 
 
 # -- under torchrun -------------------------------------------------------------------------------
-def launch(arguments: list[str], world_size: int = 2) -> list[subprocess.CompletedProcess]:
-    """Start ``ovrsisbench`` processes with torchrun's environment variables (gloo, CPU)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    launch_names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    base = {k: v for k, v in os.environ.items() if k not in launch_names}
-    pythonpath = os.pathsep.join(p for p in (str(PLUGINS), base.get("PYTHONPATH")) if p)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "ovrsisbench", *arguments],
-            env={
-                **base,
-                "PYTHONPATH": pythonpath,
-                "OMP_NUM_THREADS": "1",
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "WORLD_SIZE": str(world_size),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(world_size)
-    ]
-    finished = []
-    try:
-        for process in processes:
-            out, err = process.communicate(timeout=180)
-            finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    return finished
-
-
-def test_two_processes_train_like_one(make_toy, demo, synthetic_root, tmp_path):
-    """Two gloo processes, each with half of every batch in two micro-batches, end where one
-    process with the whole batch ends; only rank 0 writes and prints."""
+def test_torchrun_trains_like_one_process_and_evaluates(make_toy, demo, synthetic_root, tmp_path):
+    """``torchrun --nproc-per-node 2`` (gloo): each process with half of every batch in two
+    micro-batches ends where one process with the whole batch ends; rank 0 alone prints and
+    writes; ``--eval`` then evaluates under torchrun with the trained weights."""
     single = make_toy()
     train(single, demo, synthetic_root, tmp_path / "single", fast(max_iters=3))
-    out = tmp_path / "ddp"
-    arguments = train_arguments(synthetic_root, tmp_path / "results", "--out", str(out))
+    out, results = tmp_path / "ddp", tmp_path / "results"
+    arguments = train_arguments(synthetic_root, results, "--out", str(out))
     arguments += ["--max-iters", "3", "--batch-size", "4", "--accumulate", "2", "--log-every", "1"]
-    ranks = launch(arguments)
-    for rank, process in enumerate(ranks):
-        assert process.returncode == 0, (rank, process.stderr)
-    assert "trained" in ranks[0].stdout and ranks[1].stdout == ""
+    launched = torchrun([*arguments, "--eval"])
+    assert launched.returncode == 0, launched.stderr
+    assert launched.stdout.count(f"trained {MODEL} for 3 iterations") == 1
+    assert launched.stdout.count("on protocol demo") == 1
     got = load_file(out / "final.safetensors")
     for key, value in parameters(single).items():
         torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5, msg=key)
     losses = [[line["loss"] for line in log_lines(path)] for path in (tmp_path / "single", out)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     assert json.loads((out / "final.json").read_text())["world_size"] == 2
+    records = [json.loads(p.read_text()) for p in (results / "records").rglob("*.json")]
+    sha = hashlib.sha256((out / "final.safetensors").read_bytes()).hexdigest()
+    assert sorted(r["dataset"] for r in records) == ["synthetic-source", "synthetic-target"]
+    assert {r["weights_sha256"] for r in records} == {sha}
