@@ -65,7 +65,7 @@ OptionList = Annotated[
     ),
 ]
 Backbone = Annotated[
-    str | None, typer.Option(help="Backbone size passed to the adapter: vit-b or vit-l")
+    str | None, typer.Option(help="Backbone passed to the adapter, e.g. vit-b, vit-l, tiny")
 ]
 
 
