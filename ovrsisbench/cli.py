@@ -377,17 +377,35 @@ def train(
         int | None, typer.Option(min=0, help="Linear warm-up iterations \\[default: recipe's]")
     ] = None,
     accumulate: Annotated[
-        int, typer.Option(min=1, help="Micro-batches per iteration (gradient accumulation)")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Micro-batches per iteration (gradient accumulation) \\[default: 1; on resume "
+            "the checkpoint's]",
+        ),
+    ] = None,
     seed: Annotated[
-        int, typer.Option(min=0, help="Seed of the data order, augmentation, init")
-    ] = 0,
+        int | None,
+        typer.Option(
+            min=0,
+            help="Seed of the data order, augmentation, init \\[default: 0; on resume the "
+            "checkpoint's]",
+        ),
+    ] = None,
     deterministic: Annotated[
-        bool, typer.Option("--deterministic", help="Use deterministic algorithms only (slower)")
+        bool,
+        typer.Option(
+            "--deterministic",
+            help="Use deterministic algorithms where PyTorch has them (slower)",
+        ),
     ] = False,
     amp: Annotated[
-        str, typer.Option(help="auto (bf16 autocast on CUDA, off on CPU), bf16 or off")
-    ] = "auto",
+        str | None,
+        typer.Option(
+            help="auto (bf16 autocast on CUDA, off on CPU), bf16 or off \\[default: auto; on "
+            "resume the checkpoint's]"
+        ),
+    ] = None,
     checkpoint_every: Annotated[
         int, typer.Option(min=1, help="Save a checkpoint every N iterations")
     ] = 1000,
@@ -447,7 +465,7 @@ def train(
     resolve_device(device)  # the same checks and messages as without torchrun
     ctx = context(device)
     try:
-        seed_everything(seed)  # a randomly initialised network is part of the run
+        seed_everything(seed or 0)  # a randomly initialised network is part of the run
         load_weights(adapter, weights, ctx.device)
         if ctx.is_main:
             with make_progress(err_console) as progress:

@@ -68,7 +68,13 @@ _ORDER, _SAMPLE, _ITERATION = 0x6F72, 0x7361, 0x6974
 # settings that shape the trajectory: a resume must use the checkpoint's
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _RECIPE_KEYS = ("max_iters", "batch_size", "lr", "weight_decay", "clip_norm", "warmup_iters")
-_FIXED_KEYS = ("accumulate", "seed", "amp")
+_FIXED_KEYS = ("seed", "amp")
+_DIVERGED_HINT = (
+    "nothing after the last checkpoint was saved; train again into a new --out with a lower --lr "
+    "or --amp off (a resume keeps the checkpoint's settings)"
+)
+#: values of the settings that neither the recipe nor a checkpoint gives
+_FALLBACKS = {"accumulate": 1, "seed": 0, "amp": "auto"}
 
 
 @dataclass
@@ -81,10 +87,10 @@ class TrainSettings:
     weight_decay: float | None = None  # replaces the recipe's default decay (groups at 0 stay 0)
     clip_norm: float | None = None  # total L2 norm bound; 0 switches clipping off
     warmup_iters: int | None = None
-    accumulate: int = 1  # micro-batches per iteration
-    seed: int = 0
+    accumulate: int | None = None  # micro-batches per iteration (1; may change on resume)
+    seed: int | None = None  # 0
     deterministic: bool = False
-    amp: str = "auto"  # "auto": bf16 autocast on CUDA, off on CPU | "bf16" | "off"
+    amp: str | None = None  # "auto" (bf16 autocast on CUDA, off on CPU) | "bf16" | "off"
     checkpoint_every: int = 1000
     log_every: int = 10
     workers: int = 2  # DataLoader worker processes (0: load in the main process)
@@ -101,14 +107,20 @@ class TrainResult:
 
 
 # -- schedule and seeding -------------------------------------------------------------------------
+def _cosine(where: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * where))
+
+
 def lr_factor(iteration: int, max_iters: int, warmup_iters: int = 0) -> float:
-    """The LR multiplier of 0-based ``iteration``: detectron2's WarmupCosineLR, i.e.
-    0.5 * (1 + cos(pi * t / T)), times a linear warm-up from 0.001 to 1 over ``warmup_iters``."""
-    cosine = 0.5 * (1.0 + math.cos(math.pi * iteration / max_iters))
+    """The LR multiplier of 0-based ``iteration`` t, as detectron2's ``build_lr_scheduler`` for
+    WarmupCosineLR (``LRMultiplier`` over ``WarmupParamScheduler(CosineParamScheduler(1, 0))``):
+    cos(w) = 0.5 * (1 + cos(pi * w)) at w = t / T, and during the W warm-up iterations the line
+    from 0.001 * cos(0) to cos(W / T)."""
+    where = iteration / max_iters
     if iteration >= warmup_iters:
-        return cosine
-    alpha = iteration / warmup_iters
-    return cosine * (WARMUP_FACTOR * (1.0 - alpha) + alpha)
+        return _cosine(where)
+    start, end = WARMUP_FACTOR * _cosine(0.0), _cosine(warmup_iters / max_iters)
+    return start + (end - start) * iteration / warmup_iters
 
 
 def seed_everything(seed: int) -> None:
@@ -263,7 +275,9 @@ def resolve_settings(
     settings: TrainSettings, defaults: dict[str, Any], saved: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Every setting with a value: given ones, else the checkpoint's (``saved``, on resume), else
-    the recipe's. Explicit values that differ from a resumed checkpoint's are an error."""
+    the recipe's (else ``_FALLBACKS``). Explicit values of the settings that shape the run
+    (recipe ones, seed, amp) that differ from a resumed checkpoint's are an error; accumulate,
+    workers and the cadences may change."""
     given = asdict(settings)
     if saved is not None:
         differ = [
@@ -281,6 +295,9 @@ def resolve_settings(
     for key in _RECIPE_KEYS:
         if resolved[key] is None:
             resolved[key] = saved[key] if saved is not None else defaults.get(key)
+    for key, fallback in _FALLBACKS.items():
+        if resolved[key] is None:
+            resolved[key] = saved.get(key, fallback) if saved is not None else fallback
     missing = [key for key in ("max_iters", "batch_size", "lr") if resolved[key] is None]
     if missing:
         raise UserError(f"the recipe gives no default {missing[0]}; set it explicitly")
@@ -460,12 +477,15 @@ def _load_optimizer(
 # -- the trainer ----------------------------------------------------------------------------------
 @contextmanager
 def _determinism(enabled: bool) -> Iterator[None]:
-    """Deterministic algorithms (and no cuDNN autotuning) while training, restored after."""
+    """Deterministic algorithms where PyTorch has them (and no cuDNN autotuning) while training,
+    restored after."""
     previous = torch.are_deterministic_algorithms_enabled()
     benchmark = torch.backends.cudnn.benchmark
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    # warn_only: some CUDA backward kernels (bilinear upsampling, NLL loss) have no
+    # deterministic version; they warn and run instead of stopping the run
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
     torch.backends.cudnn.benchmark = not enabled
     try:
         yield
@@ -710,9 +730,7 @@ class _Trainer:
         try:
             with _determinism(s["deterministic"]), self._stop_on_signals():
                 for iteration in range(self.start, max_iters):
-                    loss, stop, data_time, step_time = self._step(
-                        iteration, network, ddp, batches
-                    )
+                    loss, stop, data_time, step_time = self._step(iteration, network, ddp, batches)
                     timing[0] += data_time
                     timing[1] += step_time
                     self.window[0] += loss
@@ -738,19 +756,23 @@ class _Trainer:
 
     @contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
-        """While training, the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) only
-        asks to stop: the current iteration ends, every process saves a checkpoint there and
-        the run raises KeyboardInterrupt; ``--resume`` continues exactly. A second signal
-        interrupts at once."""
+        """While training, SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption, torchrun's
+        shutdown) only ask to stop: the current iteration ends, every process saves a checkpoint
+        there and the run raises KeyboardInterrupt; ``--resume`` continues exactly. A second
+        Ctrl-C interrupts at once (launchers often send SIGTERM right after forwarding SIGINT:
+        that still stops gracefully)."""
         self.stop_requested = False
+        ctrl_c = [0]  # SIGINTs received
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread
             return
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
         def request_stop(signum: int, frame: Any) -> None:
-            if self.stop_requested:
-                raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                ctrl_c[0] += 1
+                if ctrl_c[0] > 1:
+                    raise KeyboardInterrupt
             self.stop_requested = True
 
         for sig in STOP_SIGNALS:
@@ -769,10 +791,7 @@ class _Trainer:
         s = self.settings
         start = time.perf_counter()
         data_time = 0.0
-        seed = iteration_seed(s["seed"], iteration, self.ctx.rank)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_everything(iteration_seed(s["seed"], iteration, self.ctx.rank))
         factor = lr_factor(iteration, s["max_iters"], s["warmup_iters"])
         for group in self.optimizer.param_groups:
             group["lr"] = s["lr"] * factor * group["lr_mult"]
@@ -795,8 +814,12 @@ class _Trainer:
                 (loss.float() / accumulate).backward()
             total += loss.detach().double() / accumulate
         clip = s["clip_norm"]
-        if clip:
-            torch.nn.utils.clip_grad_norm_(self.params, clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else math.inf)
+        if not torch.isfinite(norm):  # a step would spread it to every parameter
+            raise UserError(
+                f"training diverged: the gradient norm is {norm.item()} in iteration "
+                f"{iteration + 1}; {_DIVERGED_HINT}"
+            )
         self.optimizer.step()
         # one reduction carries the loss and the stop requests of every process
         stop = torch.tensor(float(self.stop_requested), dtype=torch.float64, device=self.device)
@@ -809,8 +832,8 @@ class _Trainer:
     def _check_finite(self, iteration: int) -> None:
         if not math.isfinite(self.window[0]):
             raise UserError(
-                f"training diverged: the loss is not finite by iteration {iteration} (try a "
-                "lower --lr, or --amp off)"
+                f"training diverged: the loss is not finite by iteration {iteration}; "
+                f"{_DIVERGED_HINT}"
             )
 
     def _log(self, iteration: int, timing: list[float], task: Any) -> None:
@@ -820,8 +843,7 @@ class _Trainer:
         self.last_loss = loss
         if not math.isfinite(loss):
             raise UserError(
-                f"training diverged: the loss is {loss} at iteration {iteration} (try a lower "
-                "--lr, or --amp off)"
+                f"training diverged: the loss is {loss} at iteration {iteration}; {_DIVERGED_HINT}"
             )
         seconds = time.perf_counter() - timing[2]
         s = self.settings

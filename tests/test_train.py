@@ -160,6 +160,42 @@ def test_resume_continues_exactly(make_toy, demo, synthetic_root, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("accumulate_on_resume", [None, 1], ids=["as-saved", "changed"])
+def test_resume_takes_seed_amp_and_accumulate_from_the_checkpoint(
+    make_toy, demo, synthetic_root, tmp_path, accumulate_on_resume
+):
+    """A run started with non-default seed, accumulate and amp resumes without repeating them;
+    accumulate may change (the same batches, split otherwise)."""
+    settings = {"max_iters": 4, "checkpoint_every": 2, "seed": 5, "accumulate": 2, "amp": "off"}
+    whole = make_toy()
+    train(whole, demo, synthetic_root, tmp_path / "whole", fast(**settings))
+
+    crashing = make_toy()
+    calls = []
+
+    def crash_in_iteration_3(images, labels):  # two micro-batches per iteration
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        return type(crashing).loss(crashing, images, labels)
+
+    crashing.loss = crash_in_iteration_3
+    out = tmp_path / "split"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashing, demo, synthetic_root, out, fast(**settings))
+    resumed = make_toy(seed=1)
+    again = TrainSettings(workers=0, log_every=1, accumulate=accumulate_on_resume)
+    train(resumed, demo, synthetic_root, out, again, resume=True)
+    config = json.loads((out / "final.json").read_text())
+    assert config["settings"]["seed"] == 5 and config["settings"]["amp"] == "off"
+    assert config["settings"]["accumulate"] == (accumulate_on_resume or 2)
+    expected, got = parameters(whole), load_file(out / "final.safetensors")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    with pytest.raises(UserError, match=r"seed=6 \(checkpoint: 5\)"):
+        train(make_toy(), demo, synthetic_root, out, TrainSettings(seed=6), resume=True)
+
+
 def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     make_toy, demo, synthetic_root, tmp_path
 ):
@@ -193,20 +229,34 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
         torch.testing.assert_close(got[key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
 
 
-def test_a_second_signal_interrupts_at_once(make_toy, demo, synthetic_root, tmp_path):
+@pytest.mark.parametrize(
+    ("signals", "at_once"),
+    [
+        ((signal.SIGINT, signal.SIGINT), True),  # Ctrl-C twice
+        ((signal.SIGINT, signal.SIGTERM), False),  # a launcher forwarding Ctrl-C, then SIGTERM
+        ((signal.SIGTERM, signal.SIGTERM), False),
+    ],
+    ids=["ctrl-c-twice", "ctrl-c-then-term", "term-twice"],
+)
+def test_a_second_ctrl_c_interrupts_at_once(
+    make_toy, demo, synthetic_root, tmp_path, signals, at_once
+):
     adapter = make_toy()
     calls = []
 
     def two_signals(images, labels):
         calls.append(1)
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)
+        for sig in signals:
+            os.kill(os.getpid(), sig)
         return type(adapter).loss(adapter, images, labels)
 
     adapter.loss = two_signals
     with pytest.raises(KeyboardInterrupt):
         train(adapter, demo, synthetic_root, tmp_path, fast(max_iters=6, checkpoint_every=100))
-    assert len(calls) == 1 and latest_checkpoint(tmp_path) is None
+    assert len(calls) == 1
+    assert latest_checkpoint(tmp_path) == (
+        None if at_once else (1, tmp_path / "checkpoint-0000001.json")
+    )
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -236,9 +286,11 @@ def test_lr_schedule_is_warmup_then_cosine_to_zero():
     assert lr_factor(25, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert lr_factor(100, 100) == pytest.approx(0.0, abs=1e-15)
     assert lr_factor(0, 100, warmup_iters=10) == pytest.approx(0.001)
-    cosine = 0.5 * (1 + math.cos(math.pi * 5 / 100))
-    assert lr_factor(5, 100, warmup_iters=10) == pytest.approx(cosine * (0.001 * 0.5 + 0.5))
-    assert lr_factor(10, 100, warmup_iters=10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
+    # detectron2's WarmupParamScheduler: a line from 0.001 * cos(0) to cos(W / T), by hand
+    end = 0.5 * (1 + math.cos(math.pi * 10 / 100))
+    assert lr_factor(5, 100, warmup_iters=10) == pytest.approx(0.001 + (end - 0.001) * 5 / 10)
+    assert lr_factor(10, 100, warmup_iters=10) == pytest.approx(end)
+    assert lr_factor(9, 100, warmup_iters=10) < end
 
 
 def test_logged_lr_follows_the_schedule(make_toy, demo, synthetic_root, tmp_path):
