@@ -413,9 +413,10 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_tensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, sha256: Any, record: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file (CPU); UserError naming ``path`` if it is missing,
-    unreadable or differs from ``sha256``."""
+    unreadable or differs from ``sha256``, the checksum that the JSON file ``record`` holds
+    (naming ``record`` if it holds none)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -425,7 +426,9 @@ def read_tensors(path: Path, sha256: str | None = None) -> dict[str, torch.Tenso
         raise UserError(f"{path}: missing (the checkpoint is incomplete)") from None
     except OSError as error:
         raise UserError(f"{path}: cannot read checkpoint file ({_one_line(error)})") from None
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+    if not isinstance(sha256, str):
+        raise UserError(f"{record}: corrupted checkpoint file (no SHA-256 of {path.name})")
+    if hashlib.sha256(data).hexdigest() != sha256:
         raise UserError(f"{path}: corrupted checkpoint file (its SHA-256 differs from the record)")
     try:
         return load(data)
@@ -550,6 +553,16 @@ class _Trainer:
 
         found = latest_checkpoint(self.out)
         final = (self.out / f"{FINAL}.json").exists()
+        seen = self.ctx.all_gather_object((found[0] if found else None, final))
+        if any(view != seen[0] for view in seen):
+            views = "; ".join(
+                f"process {rank}: checkpoint {it}, final {'yes' if done else 'no'}"
+                for rank, (it, done) in enumerate(seen)
+            )
+            raise UserError(
+                f"the processes see different runs in {self.out} ({views}): --out must be one "
+                "folder shared by every process (on several machines, a shared filesystem)"
+            )
         if resume and found is None:
             raise UserError(
                 f"no checkpoint to resume in {self.out} (train without --resume to start)"
@@ -564,6 +577,12 @@ class _Trainer:
         if found is not None:
             saved_config = read_json(found[1])
             self._check_identity(saved_config, found[1])
+        # what training started from (kept through resumes): the adapter's weights identity
+        self.initial_weights = (
+            saved_config.get("initial_weights")
+            if saved_config
+            else {"sha256": adapter.weights_sha256()}
+        )
         self.settings = resolve_settings(
             settings, self.recipe.defaults, saved_config["settings"] if saved_config else None
         )
@@ -607,6 +626,7 @@ class _Trainer:
             "environment": describe_environment(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model_file": {"sha256": model_sha},
+            "initial_weights": self.initial_weights,
         }
 
     def _load(self, iteration: int, config_path: Path, config: dict) -> None:
@@ -616,7 +636,7 @@ class _Trainer:
                 f"{config_path}: not a checkpoint of this trainer at iteration {iteration}"
             )
         model_sha = (config.get("model_file") or {}).get("sha256")
-        tensors = read_tensors(stem.with_suffix(".safetensors"), model_sha)
+        tensors = read_tensors(stem.with_suffix(".safetensors"), model_sha, config_path)
         try:
             self.module.load_state_dict(tensors)
         except RuntimeError as error:
@@ -625,7 +645,11 @@ class _Trainer:
             ) from None
         state_json = Path(f"{stem}.state.json")
         state = read_json(state_json)
-        state_tensors = read_tensors(Path(f"{stem}.state.safetensors"), state.get("sha256"))
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("iteration") != iteration:
+            raise UserError(f"{state_json}: not the optimizer state of iteration {iteration}")
+        state_tensors = read_tensors(
+            Path(f"{stem}.state.safetensors"), state.get("sha256"), state_json
+        )
         try:
             _load_optimizer(self.optimizer, state_tensors, state["optimizer"], state_json)
             self.window = [float(state["window"][0]), int(state["window"][1])]

@@ -262,12 +262,14 @@ def test_a_second_ctrl_c_interrupts_at_once(
 
 def test_checkpoint_files(make_toy, demo, synthetic_root, tmp_path):
     adapter = make_toy()
+    initial = adapter.weights_sha256()
     train(adapter, demo, synthetic_root, tmp_path, fast(max_iters=2))
     config = json.loads((tmp_path / "final.json").read_text())
     assert config["iteration"] == 2 and config["model"] == "toy-trainable"
     assert config["protocol"] == "demo" and config["train"]["dataset"] == "synthetic-source"
     assert config["settings"]["lr"] == 1e-2 and config["settings"]["max_iters"] == 2
     assert config["recipe_defaults"]["batch_size"] == 8
+    assert config["initial_weights"] == {"sha256": initial} and initial is not None
     model_bytes = (tmp_path / "final.safetensors").read_bytes()
     assert config["model_file"]["sha256"] == hashlib.sha256(model_bytes).hexdigest()
     state = load_file(tmp_path / "checkpoint-0000002.state.safetensors")
@@ -417,6 +419,14 @@ def corrupt_truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def edit_json(**changes):
+    def corrupt(path: Path) -> None:
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({**data, **changes}))
+
+    return corrupt
+
+
 @pytest.mark.parametrize(
     ("name", "corrupt"),
     [
@@ -425,6 +435,9 @@ def corrupt_truncate(path: Path) -> None:
         ("checkpoint-0000002.state.safetensors", corrupt_truncate),
         ("checkpoint-0000002.state.json", corrupt_truncate),
         ("checkpoint-0000002.json", corrupt_truncate),
+        ("checkpoint-0000002.json", edit_json(model_file={})),  # no checksum recorded
+        ("checkpoint-0000002.state.json", edit_json(sha256=None)),
+        ("checkpoint-0000002.state.json", edit_json(iteration=1)),
     ],
 )
 def test_corrupted_checkpoint_is_a_one_line_error(
@@ -436,6 +449,33 @@ def test_corrupted_checkpoint_is_a_one_line_error(
         train(make_toy(), demo, synthetic_root, tmp_path, fast(max_iters=None), resume=True)
     message = str(error.value)
     assert str(tmp_path / name) in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("kind", ["nan-gradient", "nan-loss"])
+def test_divergence_stops_before_saving(make_toy, demo, synthetic_root, tmp_path, kind):
+    """A NaN gradient behind a finite loss (d sqrt(x) at 0) or a NaN loss in iteration 3 stops
+    the run with a one-line error; the checkpoint of iteration 2 stays and holds finite
+    weights."""
+    adapter = make_toy()
+    calls = []
+
+    def poisoned(images, labels):
+        calls.append(1)
+        loss = type(adapter).loss(adapter, images, labels)
+        if len(calls) == 3:
+            weight = next(adapter.network.parameters())
+            loss = (
+                loss + torch.sqrt(weight * 0).sum() if kind == "nan-gradient" else loss * math.nan
+            )
+        return loss
+
+    adapter.loss = poisoned
+    with pytest.raises(UserError, match="training diverged") as error:
+        train(adapter, demo, synthetic_root, tmp_path, fast(max_iters=6, checkpoint_every=1))
+    assert "iteration 3" in str(error.value) and "\n" not in str(error.value)
+    assert latest_checkpoint(tmp_path) == (2, tmp_path / "checkpoint-0000002.json")
+    saved = load_file(tmp_path / "checkpoint-0000002.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in saved.values())
 
 
 def test_settings_mistakes(make_toy, demo, synthetic_root, tmp_path):
