@@ -226,6 +226,7 @@ class RSKTSegAdapter(PromptAdapter):
     trainable = True
     demo_options = {"backbone": "tiny"}
     demo_training = DEMO_TRAINING
+    training_options = ("loss", "loss_ignore", "train_size", "clip_multiplier")
     choices = CHOICES
     default_options = {
         "backbone": None,  # from the checkpoint (vit-b without one)

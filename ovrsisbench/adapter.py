@@ -67,6 +67,9 @@ class Adapter:
     trainable: ClassVar[bool] = False
     #: Option names and defaults accepted by ``__init__``; recorded in every result.
     default_options: ClassVar[dict[str, Any]] = {}
+    #: Options that only shape training (crop size, loss...): left out of result records, where
+    #: the trained weights' hash already stands for them, so that they never split a row.
+    training_options: ClassVar[tuple[str, ...]] = ()
     #: Allowed values of options with a fixed set of values (checked by ``__init__``).
     choices: ClassVar[dict[str, tuple]] = {}
     #: Options that make a tiny random model for ``ovrsisbench demo``; None = not in the demo.
@@ -88,6 +91,10 @@ class Adapter:
             if self.options[key] not in allowed:
                 known = ", ".join(str(value) for value in allowed)
                 raise UserError(f"{self.name} option {key}={self.options[key]!r} (choose: {known})")
+
+    def evaluation_options(self) -> dict[str, Any]:
+        """The options that decide a result: every option but the ``training_options``."""
+        return {k: v for k, v in self.options.items() if k not in self.training_options}
 
     # -- the evaluation contract -------------------------------------------------------------
     def load(self, weights: Path | None, device: torch.device | str) -> None:

@@ -24,7 +24,7 @@ from ovrsisbench.evaluate import EvalSettings, Evaluator, Outcome
 from ovrsisbench.leaderboard import build, write_leaderboards
 from ovrsisbench.protocol import Protocol, load_protocol
 from ovrsisbench.results import ResultStore
-from ovrsisbench.train import LOG_FILE, TrainSettings, seed_everything, train
+from ovrsisbench.train import LOG_FILE, TrainSettings, latest_checkpoint, seed_everything, train
 
 DEMO_PROTOCOL = "demo"
 DEMO_SEED = 0
@@ -45,7 +45,8 @@ def train_demo_model(
     name: str, protocol: Protocol, data_root: Path, out: Path, progress: Any = None
 ) -> DemoTrainResult:
     """Train the tiny model of the built-in trainable adapter ``name`` as its ``demo_training``
-    says (seeded: the same run every time on one machine) on ``protocol.train`` into ``out``."""
+    says (seeded: the same run every time on one machine) on ``protocol.train`` into ``out``;
+    a run found there is continued (or, when finished, reused)."""
     cls = find_adapter(name).cls
     training = cls.demo_training
     if training is None or cls.demo_options is None:
@@ -56,7 +57,8 @@ def train_demo_model(
     settings = TrainSettings(
         **training.settings, seed=DEMO_SEED, workers=0, checkpoint_every=10**9, log_every=10
     )
-    result = train(adapter, protocol, data_root, out, settings, progress=progress)
+    resume = latest_checkpoint(out) is not None  # a rerun, or one after Ctrl-C, in --out
+    result = train(adapter, protocol, data_root, out, settings, resume, progress)
     losses = [json.loads(line)["loss"] for line in (out / LOG_FILE).read_text().splitlines()]
     trained = create_adapter(name, **cls.demo_options, **training.options)
     trained.load(result.checkpoint, torch.device("cpu"))

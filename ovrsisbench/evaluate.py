@@ -27,7 +27,7 @@ from torch.utils.data import Subset
 
 import ovrsisbench
 from ovrsisbench.adapter import Adapter, file_sha256, json_sha256
-from ovrsisbench.data.layout import PreparedDataset, open_dataset
+from ovrsisbench.data.layout import PreparedDataset, open_dataset, open_pil_image
 from ovrsisbench.data.loader import SegmentationDataset, read_ahead
 from ovrsisbench.distributed import Context
 from ovrsisbench.environment import describe_environment, device_name
@@ -100,7 +100,7 @@ class Evaluator:
         meta = open_dataset(self.data_root, entry.dataset).meta
         return RecordKey(
             model=self.model_name,
-            options=self.adapter.options,
+            options=self.adapter.evaluation_options(),
             weights_sha256=self.weights_sha256,
             protocol=self.protocol.name,
             dataset=entry.dataset,
@@ -304,7 +304,11 @@ class Evaluator:
         No partial checkpoints (see the module's docstring); ``progress`` counts this shard."""
         dataset, stems, meta_sha = self._open(entry)
         vocabulary = entry.vocabulary
-        indices = list(self.context.shard(len(stems)))
+        # whole batches of the single-process run: every image is predicted in the same batch
+        # (same companions, same padding) as there, so the scores, not only the rule, agree
+        plan = batch_plan([_image_size(dataset, stem) for stem in stems], self.settings.batch_size)
+        mine = [plan[i] for i in self.context.shard(len(plan))]
+        indices = [index for batch in mine for index in batch]
         num_classes = len(vocabulary.classes)
         confusion = ConfusionMatrix(num_classes)
         if progress is not None:
@@ -313,7 +317,10 @@ class Evaluator:
         samples = SegmentationDataset(dataset, entry.split, vocabulary.lookup_table())
         loader = read_ahead(Subset(samples, indices), threads=self.settings.reader_threads)
         done, seconds = 0, 0.0
-        for images, labels in _batches(loader, self.settings.batch_size):
+        samples_read = iter(loader)
+        for batch in mine:
+            items = [next(samples_read) for _ in batch]
+            images, labels = [item["image"] for item in items], [item["label"] for item in items]
             counts, elapsed = self._predict(images, labels, num_classes)
             confusion.merge(counts)
             done, seconds = done + len(images), seconds + elapsed
@@ -423,18 +430,44 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _closes_batch(count: int, first_size: Any, size: Any, batch_size: int) -> bool:
+    """The batching rule: consecutive samples of equal size, at most ``batch_size`` at a time;
+    a sample of ``size`` closes the batch of ``count`` samples that started with ``first_size``."""
+    return count == batch_size or size != first_size
+
+
 def _batches(
     loader: Any, batch_size: int
 ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """Group consecutive samples of equal image size, at most ``batch_size`` at a time."""
+    """The batches of ``loader``'s samples under ``_closes_batch``."""
     images: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     for sample in loader:
         image = sample["image"]
-        if images and (len(images) == batch_size or image.shape != images[0].shape):
+        if images and _closes_batch(len(images), images[0].shape[1:], image.shape[1:], batch_size):
             yield images, labels
             images, labels = [], []
         images.append(image)
         labels.append(sample["label"])
     if images:
         yield images, labels
+
+
+def _image_size(dataset: PreparedDataset, stem: str) -> tuple[int, int]:
+    """(H, W) of a sample from its label file's header (labels match their images)."""
+    with open_pil_image(dataset.label_path(stem), "label") as label:
+        width, height = label.size
+    return height, width
+
+
+def batch_plan(sizes: list[Any], batch_size: int) -> list[range]:
+    """The index ranges of the batches ``_batches`` forms from samples of these ``sizes``."""
+    plan: list[range] = []
+    start = 0
+    for index in range(1, len(sizes) + 1):
+        if index == len(sizes) or _closes_batch(
+            index - start, sizes[start], sizes[index], batch_size
+        ):
+            plan.append(range(start, index))
+            start = index
+    return plan

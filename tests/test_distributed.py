@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,9 +19,9 @@ from ovrsisbench.errors import UserError
 @pytest.fixture(scope="module")
 def odd_root(tmp_path_factory) -> Path:
     """Synthetic data with 5 images: synthetic-source's val split holds 1 (process 1 of 2 gets
-    none), synthetic-target's all split 5 (3 + 2). Images are 56 x 56 but every third is
-    42 x 70: the only one, img0002, which FailingAdapter refuses (> 60 px wide), falls to
-    process 0."""
+    none), synthetic-target's all split 5. Images are 56 x 56 but every third is 42 x 70: the
+    only one, img0002, which FailingAdapter refuses (> 60 px wide), cuts the batches (of 2) as
+    [0, 1] [2] [3, 4]: process 0 gets images 0, 1, 3, 4 and process 1 gets img0002 alone."""
     root = tmp_path_factory.mktemp("odd-data")
     generate_synthetic_benchmark(root, num_images=5, size=56)
     for name, split, count in (("synthetic-source", "val", 1), ("synthetic-target", "all", 5)):
@@ -110,16 +111,19 @@ def test_context_under_a_launcher_initialises_gloo_once(monkeypatch):
 
 
 # -- torchrun ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["ColourAdapter", "BatchMixingAdapter"])
 def test_torchrun_evaluation_equals_a_single_process_run(
-    cli, monkeypatch, toy_adapters, odd_root, tmp_path
+    cli, monkeypatch, toy_adapters, odd_root, tmp_path, model
 ):
+    """Also for an adapter whose scores depend on the batch: every image is predicted in the
+    batch it has in a single process."""
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     single, parallel = tmp_path / "single", tmp_path / "parallel"
-    result = cli(*run_arguments("ColourAdapter", odd_root, single))
+    result = cli(*run_arguments(model, odd_root, single))
     assert result.code == 0, result.err
 
-    launched = torchrun(run_arguments("ColourAdapter", odd_root, parallel))
+    launched = torchrun(run_arguments(model, odd_root, parallel))
     assert launched.returncode == 0, launched.stderr
     # rank 0 alone prints the table and writes the leaderboards
     assert launched.stdout.count("on protocol demo") == 1
@@ -140,7 +144,7 @@ def test_torchrun_evaluation_equals_a_single_process_run(
 
 
 def test_a_failure_on_one_process_fails_the_dataset_on_all(odd_root, tmp_path):
-    """FailingAdapter breaks on process 0's share of synthetic-target only: no process hangs,
+    """FailingAdapter breaks on process 1's share of synthetic-target only: no process hangs,
     both exit 1, rank 0 alone reports it; the other dataset's record is written, and a rerun
     skips it on every process (rank 0's decision)."""
     arguments = run_arguments("FailingAdapter", odd_root, tmp_path)
@@ -149,7 +153,7 @@ def test_a_failure_on_one_process_fails_the_dataset_on_all(odd_root, tmp_path):
     main, other = first
     assert "synthetic-source │ done" in main.stdout
     assert "synthetic-target │ failed" in main.stdout
-    assert "process 0: RuntimeError: simulated adapter failure" in main.stderr
+    assert "process 1: RuntimeError: simulated adapter failure" in main.stderr
     assert other.stdout == "" and "simulated" not in other.stderr
     written = records(tmp_path)
     assert len(written) == 1 and next(iter(written)).startswith("synthetic-source--")
@@ -159,3 +163,20 @@ def test_a_failure_on_one_process_fails_the_dataset_on_all(odd_root, tmp_path):
     assert [p.returncode for p in again] == [1, 1]
     assert "synthetic-source │ skipped" in again[0].stdout
     assert {name: r["created"] for name, r in records(tmp_path).items()} == created
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
+def test_batch_plan_is_the_batching_of_a_single_process(batch_size):
+    from ovrsisbench.evaluate import _batches, batch_plan
+
+    rng = np.random.default_rng(batch_size)
+    sizes = [tuple(rng.choice([(4, 4), (4, 6)])) for _ in range(23)]
+    samples = [
+        {"image": torch.full((3, *size), index), "label": torch.zeros(size)}
+        for index, size in enumerate(sizes)
+    ]
+    formed = [
+        [int(image[0, 0, 0]) for image in images] for images, _ in _batches(samples, batch_size)
+    ]
+    assert [list(batch) for batch in batch_plan(sizes, batch_size)] == formed
+    assert batch_plan([], batch_size) == []

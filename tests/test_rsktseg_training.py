@@ -420,6 +420,16 @@ def test_recipe_param_groups(recipe):
     assert not any(n.startswith(("remoteclip.", "dino.")) for n in map(names.get, grouped))
 
 
+def test_training_options_stay_out_of_result_records():
+    trained = create_adapter("rsktseg", backbone="tiny", train_size=64, clip_multiplier=1.0)
+    plain = create_adapter("rsktseg", backbone="tiny")
+    assert trained.evaluation_options() == plain.evaluation_options()
+    assert "train_size" not in plain.evaluation_options()
+    assert create_adapter("rsktseg", backbone="tiny", inference="slide").evaluation_options() != (
+        plain.evaluation_options()
+    )
+
+
 def test_clip_multiplier_option_sets_the_clip_group():
     recipe = tiny_adapter(clip_multiplier=1.0).training_recipe(CLASSES)
     assert {g["name"]: g["lr_mult"] for g in recipe.param_groups} == {

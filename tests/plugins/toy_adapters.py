@@ -89,6 +89,17 @@ class FailingAdapter(ColourAdapter):
         return super().predict(images)
 
 
+class BatchMixingAdapter(ColourAdapter):
+    """Scores that depend on the other images of the batch (as batch statistics or
+    batch-dependent kernels can): a different grouping changes the predictions."""
+
+    name = "batch-mixing"
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        scores = super().predict(images)
+        return scores + 2.0 * scores.mean(dim=0, keepdim=True).roll(1, dims=1)
+
+
 class SlowAdapter(ColourAdapter):
     """Takes a while per batch, so a test can kill a run half-way."""
 

@@ -1,0 +1,53 @@
+"""``ovrsisbench demo`` end to end, with the RSKT-Seg demo training cut to a few iterations."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+
+import pytest
+from rich.console import Console
+
+from ovrsisbench.adapters.rsktseg import DEMO_TRAINING, RSKTSegAdapter
+from ovrsisbench.demo import run_demo
+
+
+@pytest.fixture
+def short_demo_training(monkeypatch):
+    settings = {**DEMO_TRAINING.settings, "max_iters": 3, "warmup_iters": 1}
+    monkeypatch.setattr(
+        RSKTSegAdapter, "demo_training", dataclasses.replace(DEMO_TRAINING, settings=settings)
+    )
+
+
+def records(out) -> dict[str, dict]:
+    return {
+        str(path.relative_to(out)): json.loads(path.read_text())
+        for path in sorted((out / "results" / "records").rglob("*.json"))
+    }
+
+
+def test_demo_trains_evaluates_and_reruns_without_redoing(short_demo_training, tmp_path):
+    console = Console(record=True, width=250)
+    assert run_demo(tmp_path, console)
+    text = console.export_text()
+    assert "trained on synthetic-source for 3 iterations" in text
+    assert re.search(r"loss \d\.\d{3} -> \d\.\d{3}", text)
+    first = records(tmp_path)
+    # maskclip and the untrained and trained rsktseg, on both datasets
+    by_model = sorted((r["model"], r["weights_sha256"] is not None) for r in first.values())
+    assert len(first) == 6 and by_model.count(("rsktseg", True)) == 4
+    weights = tmp_path / "train" / "rsktseg" / "final.safetensors"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    trained = [r for r in first.values() if r["weights_sha256"] == sha]
+    assert len(trained) == 2
+    # training-only options are not part of the records: the weights stand for them
+    assert all("train_size" not in r["options"] for r in first.values())
+    board = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert board.count("rsktseg") == 2 and board.count("maskclip") == 1
+
+    again = Console(record=True, width=250)
+    assert run_demo(tmp_path, again)  # the same folder: training and records are reused
+    assert records(tmp_path) == first
