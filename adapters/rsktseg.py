@@ -52,6 +52,7 @@ from ovrsisbench.inference import (
 )
 from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_pretrained
 from ovrsisbench.models.common.losses import IGNORE_MODES, LOSSES, LossFn, segmentation_loss
+from ovrsisbench.models.common.optim import detectron2_param_groups
 from ovrsisbench.models.common.text import RSKTSEG_TEMPLATES, get_tokenizer
 from ovrsisbench.models.rsktseg.checkpoint import (
     CheckpointMismatchError,
@@ -93,17 +94,6 @@ CHOICES = {
 #: LR multiplier of CLIP's trainable weights (spec 7.2: SOLVER.CLIP_MULTIPLIER 0.01, applied to
 #: modules whose original name contains ``clip_model``: here the ``clip.`` parameters).
 CLIP_MULTIPLIER = 0.01
-#: train_net.py's weight-decay exemptions (spec 7.2): parameters of these module types get
-#: SOLVER.WEIGHT_DECAY_NORM (0.0) or WEIGHT_DECAY_EMBED (0.0), and of these names 0.0.
-NO_DECAY_MODULES = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.GroupNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-    nn.Embedding,
-)
-NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 #: The recipe's own values (what the original training used).
 TRAINING_DEFAULTS = {
     "lr": 2e-4,  # spec 7.2: SOLVER.BASE_LR (configs/vit*_*.yaml)
@@ -129,44 +119,6 @@ DEMO_TRAINING = DemoTraining(
 )
 
 
-def training_param_groups(
-    network: nn.Module,
-    weight_decay: float,
-    clip_multiplier: float = CLIP_MULTIPLIER,
-    clip_prefix: str = "clip.",
-) -> list[dict[str, Any]]:
-    """The trainable parameters of ``network`` in AdamW groups, as the original
-    ``train_net.py`` ``build_optimizer`` sets them per tensor (spec 7.2): ``lr_mult``
-    ``clip_multiplier`` for names starting with ``clip_prefix``, else 1.0; ``weight_decay`` 0
-    for parameters held by a norm layer or ``nn.Embedding`` or named like a relative-position
-    table, else ``weight_decay``. Groups are named ``clip``, ``new`` and ``*_no_decay``; empty
-    ones are left out."""
-    groups: dict[str, dict[str, Any]] = {}
-    seen: set[int] = set()
-    for module_name, module in network.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            full_name = f"{module_name}.{name}" if module_name else name
-            is_clip = full_name.startswith(clip_prefix)
-            no_decay = isinstance(module, NO_DECAY_MODULES) or any(
-                key in name for key in NO_DECAY_NAMES
-            )
-            label = ("clip" if is_clip else "new") + ("_no_decay" if no_decay else "")
-            group = groups.setdefault(
-                label,
-                {
-                    "params": [],
-                    "lr_mult": clip_multiplier if is_clip else 1.0,
-                    "weight_decay": 0.0 if no_decay else float(weight_decay),
-                    "name": label,
-                },
-            )
-            group["params"].append(param)
-    return list(groups.values())
-
-
 class RSKTSegLoss:
     """``TrainingRecipe.loss`` of RSKT-Seg: float images (B, 3, S, S) on the 0-255 scale and
     int64 labels (B, S, S) -> scalar loss.
@@ -174,14 +126,11 @@ class RSKTSegLoss:
     The images are CLIP-normalised (0-255 statistics) and padded to the network's size
     divisibility (with 0 after normalisation, detectron2's ImageList); the text embeddings are
     encoded from ``tokens`` at every call (CLIP's text q/v weights train); the logits come from
-    ``forward_module(images, text)`` (the network itself; a trainer that wraps the network,
-    e.g. in DistributedDataParallel, sets ``forward_module`` to the wrapper so that the forward
-    goes through it); then ``loss_fn(logits, labels)``.
+    network; then ``loss_fn(logits, labels)``.
     """
 
     def __init__(self, network: RSKTSeg, tokens: Tensor, loss_fn: LossFn) -> None:
         self.network = network
-        self.forward_module: nn.Module = network
         self.tokens = tokens
         self.loss_fn = loss_fn
 
@@ -194,7 +143,7 @@ class RSKTSegLoss:
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
         x = normalize(images.float(), CLIP_MEAN_255, CLIP_STD_255)
         x = pad_to_multiple(x, self.network.config.size_divisibility)
-        logits = self.forward_module(x, self.text(x.device))
+        logits = self.network(x, self.text(x.device))
         return self.loss_fn(logits, labels.to(x.device))
 
 
@@ -447,8 +396,8 @@ class RSKTSegAdapter(PromptAdapter):
         defaults = dict(TRAINING_DEFAULTS)
         return TrainingRecipe(
             module=network,
-            param_groups=training_param_groups(
-                network, defaults["weight_decay"], float(self.options["clip_multiplier"])
+            param_groups=detectron2_param_groups(
+                network, defaults["weight_decay"], {"clip.": float(self.options["clip_multiplier"])}
             ),
             loss=loss,
             # spec 7.3: ResizeShortestEdge(S, 1333, choice), random SxS crop, SSD colour jitter,

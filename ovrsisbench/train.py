@@ -741,6 +741,7 @@ class _Trainer:
             task = self.progress.add_task(
                 f"train {self.adapter.name}", total=max_iters, completed=self.start
             )
+        was_training = self.module.training
         self.module.train()
         network: torch.nn.Module = _LossModule(self.module, self.recipe.loss)
         ddp = None
@@ -776,6 +777,7 @@ class _Trainer:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
+            self.module.train(was_training)  # e.g. back to eval for evaluating the adapter
         return self._result(max_iters)
 
     @contextmanager

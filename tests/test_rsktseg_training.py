@@ -503,31 +503,22 @@ def test_recipe_loss_trains_the_text_tower(recipe):
     network.zero_grad()
 
 
-def test_recipe_loss_normalises_and_uses_forward_module(recipe):
-    """The loss feeds the network CLIP-normalised images and goes through ``forward_module``
-    (a trainer's DDP wrapper)."""
+def test_recipe_loss_normalises_the_images(recipe, monkeypatch):
+    """The loss feeds the network CLIP-normalised images and the unit text embeddings."""
     from ovrsisbench.adapters.rsktseg import CLIP_MEAN_255, CLIP_STD_255
 
     seen = {}
+    forward = recipe.module.forward
 
-    class Spy(torch.nn.Module):
-        def __init__(self, network):
-            super().__init__()
-            self.network = network
+    def spy(x, text):
+        seen["x"], seen["text"] = x, text
+        return forward(x, text)
 
-        def forward(self, x, text):
-            seen["x"], seen["text"] = x, text
-            return self.network(x, text)
-
-    loss = recipe.loss
-    loss.forward_module = Spy(recipe.module)
-    try:
-        images = torch.full((1, 3, 64, 64), 128.0)
-        labels = torch.zeros(1, 64, 64, dtype=torch.long)
-        with torch.no_grad():
-            loss(images, labels)
-    finally:
-        loss.forward_module = recipe.module
+    monkeypatch.setattr(recipe.module, "forward", spy)
+    images = torch.full((1, 3, 64, 64), 128.0)
+    labels = torch.zeros(1, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        recipe.loss(images, labels)
     expected = (128.0 - torch.tensor(CLIP_MEAN_255)) / torch.tensor(CLIP_STD_255)
     torch.testing.assert_close(seen["x"][0, :, 0, 0], expected)
     assert seen["text"].shape[0] == len(CLASSES)

@@ -374,9 +374,23 @@ def test_accumulation_matches_the_full_batch(make_toy, demo, synthetic_root, tmp
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-def test_bf16_autocast_on_cpu(make_toy, demo, synthetic_root, tmp_path):
-    result = train(make_toy(), demo, synthetic_root, tmp_path, fast(max_iters=2, amp="bf16"))
-    assert math.isfinite(result.loss)
+@pytest.mark.parametrize(("amp", "dtype"), [("bf16", torch.bfloat16), ("off", torch.float32)])
+def test_amp_setting_decides_the_autocast(make_toy, demo, synthetic_root, tmp_path, amp, dtype):
+    """The loss runs under bf16 autocast with amp=bf16 (the default on CUDA), in float32 with
+    amp=off and by default on the CPU; the network is back in eval mode afterwards."""
+    adapter = make_toy()
+    seen = []
+
+    def loss(images, labels):
+        enabled = torch.is_autocast_enabled("cpu")
+        seen.append(torch.get_autocast_dtype("cpu") if enabled else torch.float32)
+        return type(adapter).loss(adapter, images, labels)
+
+    adapter.loss = loss
+    adapter.network.eval()
+    result = train(adapter, demo, synthetic_root, tmp_path, fast(max_iters=2, amp=amp))
+    assert math.isfinite(result.loss) and seen == [dtype, dtype]
+    assert not adapter.network.training
 
 
 def test_deterministic_mode_is_restored_afterwards(make_toy, demo, synthetic_root, tmp_path):
