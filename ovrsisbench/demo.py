@@ -18,13 +18,14 @@ import torch
 from rich.console import Console
 
 from ovrsisbench.adapter import Adapter, create_adapter, find_adapter, list_adapters
+from ovrsisbench.checkpoints import latest_checkpoint
 from ovrsisbench.data.converters.synthetic import generate_synthetic_benchmark
 from ovrsisbench.display import RichProgress, frame_table, make_progress
 from ovrsisbench.evaluate import EvalSettings, Evaluator, Outcome
 from ovrsisbench.leaderboard import build, write_leaderboards
 from ovrsisbench.protocol import Protocol, load_protocol
 from ovrsisbench.results import ResultStore
-from ovrsisbench.train import LOG_FILE, TrainSettings, latest_checkpoint, seed_everything, train
+from ovrsisbench.train import LOG_FILE, TrainSettings, seed_everything, train
 
 DEMO_PROTOCOL = "demo"
 DEMO_SEED = 0

@@ -13,27 +13,17 @@ global RNGs (torch, numpy, random) from (seed, iteration, rank). So iteration ``
 batch and the same random numbers whether or not the run was interrupted before it, on every
 rank, without saving any RNG state.
 
-Files in ``out``::
-
-    checkpoint-<iter:07d>.safetensors   the network's state dict (the recipe module's keys)
-    checkpoint-<iter:07d>.json          config: model, options, protocol, settings, iteration...
-    checkpoint-<iter:07d>.state.safetensors   optimizer state tensors ("optimizer.<id>.<name>")
-    checkpoint-<iter:07d>.state.json    param groups, iteration, loss window, file checksums
-    final.safetensors, final.json       the trained network and its config, at the end
-    log.jsonl                           one JSON object per logged iteration
-
-Only the latest periodic checkpoint is kept. Checkpoints are read with safetensors and json only
-(never pickle), and checked against the SHA-256 sums their JSON records.
+Files in ``out``: the checkpoints (``ovrsisbench.checkpoints``; only the latest periodic one
+is kept, plus ``final``) and ``log.jsonl``, one JSON object per logged iteration. The data
+stream is ``ovrsisbench.train_data``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import random
-import re
 import signal
 import threading
 import time
@@ -46,25 +36,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
 
 import ovrsisbench
 from ovrsisbench.adapter import Adapter, TrainingRecipe
+from ovrsisbench.checkpoints import (
+    FINAL,
+    latest_checkpoint,
+    load_checkpoint,
+    read_json,
+    write_checkpoint,
+)
 from ovrsisbench.data.layout import open_dataset
 from ovrsisbench.data.loader import SegmentationDataset, _OneLineErrorLoader
 from ovrsisbench.environment import describe_environment
 from ovrsisbench.errors import UserError
-from ovrsisbench.io import atomic_write_bytes, atomic_write_text
+from ovrsisbench.io import atomic_write_text
 from ovrsisbench.protocol import Protocol
+from ovrsisbench.train_data import BatchPlan, TrainSamples, collate
 
-CHECKPOINT_FORMAT = "ovrsisbench.train-checkpoint/1"
 LOG_FILE = "log.jsonl"
-FINAL = "final"
 AMP_MODES = ("auto", "bf16", "off")
 WARMUP_FACTOR = 0.001  # detectron2's default: the warm-up starts at 0.1 % of the LR
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{7})\.json$")
-# first words of the seed sequences, so the three kinds of streams never coincide
-_ORDER, _SAMPLE, _ITERATION = 0x6F72, 0x7361, 0x6974
+_ITERATION = 0x6974  # first word of the per-iteration seed sequences (see train_data)
 # settings that shape the trajectory: a resume must use the checkpoint's
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _RECIPE_KEYS = ("max_iters", "batch_size", "lr", "weight_decay", "clip_norm", "warmup_iters")
@@ -134,126 +127,6 @@ def iteration_seed(seed: int, iteration: int, rank: int) -> int:
     """The 64-bit seed of one iteration on one rank."""
     words = np.random.SeedSequence([_ITERATION, seed, iteration, rank]).generate_state(1, np.uint64)
     return int(words[0])
-
-
-# -- data -----------------------------------------------------------------------------------------
-class TrainSamples(Dataset):
-    """Samples of the train split, augmented by the recipe's transform.
-
-    Keys are ``(epoch, index)``: the transform's generator is seeded by (seed, epoch, index), so
-    an item is the same whenever and wherever it is loaded. Items are uint8 tensors: the image
-    (3, S, S) and the label (S, S) of scored ids or 255.
-    """
-
-    def __init__(
-        self, samples: SegmentationDataset, transform: Callable[..., Any], seed: int
-    ) -> None:
-        self.samples = samples
-        self.transform = transform
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = key
-        item = self.samples[index]
-        rng = np.random.default_rng([_SAMPLE, self.seed, epoch, index])
-        image, label = self.transform(
-            item["image"].permute(1, 2, 0).numpy(), item["label"].numpy(), rng
-        )
-        _check_transformed(image, label, item["stem"])
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        return image, torch.from_numpy(np.ascontiguousarray(label))
-
-
-def _check_transformed(image: Any, label: Any, stem: str) -> None:
-    ok = (
-        isinstance(image, np.ndarray)
-        and isinstance(label, np.ndarray)
-        and image.dtype == np.uint8
-        and label.dtype == np.uint8
-        and image.ndim == 3
-        and image.shape[2] == 3
-        and label.shape == image.shape[:2]
-    )
-    if not ok:
-        described = [
-            f"{type(a).__name__} {getattr(a, 'shape', '')} {getattr(a, 'dtype', '')}".strip()
-            for a in (image, label)
-        ]
-        raise UserError(
-            f"the adapter's train transform returned image {described[0]} and label "
-            f"{described[1]} for '{stem}' (expected uint8 (S, S, 3) and uint8 (S, S))"
-        )
-
-
-class BatchPlan(Sampler):
-    """An endless batch sampler: the micro-batches of iterations ``start``, ``start + 1``, ...
-
-    Sample positions 0, 1, 2, ... run through one permutation of the split per epoch (seeded by
-    (seed, epoch)); iteration ``i`` takes positions ``i*B .. (i+1)*B - 1``, rank ``r`` of ``W``
-    takes every W-th of them from the r-th, and cuts its share into ``accumulate`` micro-batches.
-    The same iteration thus covers the same samples whatever the number of processes.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        seed: int,
-        batch_size: int,
-        start: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        accumulate: int = 1,
-    ) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
-        self.batch_size = batch_size
-        self.start = start
-        self.rank = rank
-        self.world_size = world_size
-        self.accumulate = accumulate
-        self._orders: dict[int, np.ndarray] = {}
-
-    def order(self, epoch: int) -> np.ndarray:
-        """The sample indices of ``epoch`` in visiting order."""
-        if epoch not in self._orders:
-            if len(self._orders) > 2:
-                self._orders.pop(min(self._orders))
-            rng = np.random.default_rng([_ORDER, self.seed, epoch])
-            self._orders[epoch] = rng.permutation(self.num_samples)
-        return self._orders[epoch]
-
-    def key(self, position: int) -> tuple[int, int]:
-        """The (epoch, index) of sample position ``position``."""
-        epoch, offset = divmod(position, self.num_samples)
-        return epoch, int(self.order(epoch)[offset])
-
-    def iteration(self, iteration: int) -> list[list[tuple[int, int]]]:
-        """This rank's micro-batches of ``iteration``."""
-        first = iteration * self.batch_size
-        mine = range(first + self.rank, first + self.batch_size, self.world_size)
-        size = len(mine) // self.accumulate
-        return [
-            [self.key(p) for p in mine[k * size : (k + 1) * size]] for k in range(self.accumulate)
-        ]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        iteration = self.start
-        while True:
-            yield from self.iteration(iteration)
-            iteration += 1
-
-
-def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack items into uint8 images (B, 3, S, S) and labels (B, S, S); the trainer converts
-    them on the device (float32 0-255, int64), which moves a quarter of the bytes."""
-    images, labels = zip(*items, strict=True)
-    if len({tuple(image.shape) for image in images}) > 1:
-        shapes = sorted({tuple(image.shape[1:]) for image in images})
-        raise UserError(f"the adapter's train transform returned several sizes {shapes}")
-    return torch.stack(images), torch.stack(labels)
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -372,109 +245,6 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.loss(images, labels)
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-def checkpoint_stem(iteration: int) -> str:
-    return f"checkpoint-{iteration:07d}"
-
-
-def latest_checkpoint(out: Path) -> tuple[int, Path] | None:
-    """(iteration, config JSON path) of the newest complete checkpoint in ``out``, if any."""
-    if not Path(out).is_dir():
-        return None
-    found = [
-        (int(m.group(1)), p) for p in Path(out).iterdir() if (m := _CHECKPOINT_RE.match(p.name))
-    ]
-    return max(found) if found else None
-
-
-def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    # own CPU copies: safetensors refuses tensors that share memory (tied weights)
-    return save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()})
-
-
-def _json_text(value: Any) -> str:
-    return json.dumps(value, indent=2, default=str) + "\n"
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A checkpoint JSON object; UserError naming ``path`` if it is missing or corrupted."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (the checkpoint is incomplete)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: corrupted checkpoint file ({_one_line(error)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: corrupted checkpoint file (not a JSON object)")
-    return data
-
-
-def read_tensors(path: Path, sha256: Any, record: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file (CPU); UserError naming ``path`` if it is missing,
-    unreadable or differs from ``sha256``, the checksum that the JSON file ``record`` holds
-    (naming ``record`` if it holds none)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (the checkpoint is incomplete)") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read checkpoint file ({_one_line(error)})") from None
-    if not isinstance(sha256, str):
-        raise UserError(f"{record}: corrupted checkpoint file (no SHA-256 of {path.name})")
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise UserError(f"{path}: corrupted checkpoint file (its SHA-256 differs from the record)")
-    try:
-        return load(data)
-    except (SafetensorError, ValueError, RuntimeError) as error:
-        raise UserError(f"{path}: corrupted checkpoint file ({_one_line(error)})") from None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """The optimizer's state: tensors keyed ``optimizer.<param id>.<name>``, and the rest."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for param_id, entries in state["state"].items():
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{param_id}.{name}"] = value
-            else:
-                scalars.setdefault(str(param_id), {})[name] = value
-    return tensors, {"param_groups": state["param_groups"], "state": scalars}
-
-
-def _load_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict, where: Path
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, tensor in tensors.items():
-        prefix, param_id, name = key.split(".", 2)
-        if prefix != "optimizer":
-            raise UserError(f"{where}: unexpected tensor {key!r}")
-        state.setdefault(int(param_id), {})[name] = tensor
-    for param_id, entries in info.get("state", {}).items():
-        state.setdefault(int(param_id), {}).update(entries)
-    groups = [dict(group) for group in info["param_groups"]]
-    for group in groups:
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-    current = optimizer.param_groups
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
-        raise UserError(f"{where}: its parameter groups differ from the model's recipe")
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as error:
-        raise UserError(f"{where}: does not fit the optimizer ({_one_line(error)})") from None
 
 
 # -- the trainer ----------------------------------------------------------------------------------
@@ -600,7 +370,7 @@ class _Trainer:
         self.last_loss: float | None = None
         self.stop_requested = False  # set by SIGINT / SIGTERM while training
         if found is not None:
-            self._load(found[0], found[1], saved_config)
+            self._load(found[1], saved_config)
 
     # -- identity and checkpoints --------------------------------------------------------------
     def _check_identity(self, config: dict, path: Path) -> None:
@@ -614,10 +384,8 @@ class _Trainer:
                 "train into another --out"
             )
 
-    def _config(self, iteration: int, model_sha: str) -> dict[str, Any]:
+    def _config(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT,
-            "iteration": iteration,
             **self.identity,
             "settings": self.settings,
             "recipe_defaults": self.recipe.defaults,
@@ -625,67 +393,27 @@ class _Trainer:
             "code_version": ovrsisbench.__version__,
             "environment": describe_environment(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model_file": {"sha256": model_sha},
             "initial_weights": self.initial_weights,
         }
 
-    def _load(self, iteration: int, config_path: Path, config: dict) -> None:
-        stem = self.out / checkpoint_stem(iteration)
-        if config.get("format") != CHECKPOINT_FORMAT or config.get("iteration") != iteration:
-            raise UserError(
-                f"{config_path}: not a checkpoint of this trainer at iteration {iteration}"
-            )
-        model_sha = (config.get("model_file") or {}).get("sha256")
-        tensors = read_tensors(stem.with_suffix(".safetensors"), model_sha, config_path)
+    def _load(self, config_path: Path, config: dict) -> None:
+        progress = load_checkpoint(config_path, config, self.module, self.optimizer)
         try:
-            self.module.load_state_dict(tensors)
-        except RuntimeError as error:
-            raise UserError(
-                f"{stem}.safetensors: does not fit the model ({_one_line(error)})"
-            ) from None
-        state_json = Path(f"{stem}.state.json")
-        state = read_json(state_json)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("iteration") != iteration:
-            raise UserError(f"{state_json}: not the optimizer state of iteration {iteration}")
-        state_tensors = read_tensors(
-            Path(f"{stem}.state.safetensors"), state.get("sha256"), state_json
-        )
-        try:
-            _load_optimizer(self.optimizer, state_tensors, state["optimizer"], state_json)
-            self.window = [float(state["window"][0]), int(state["window"][1])]
-            self.last_loss = state["last_loss"]
+            self.window = [float(progress["window"][0]), int(progress["window"][1])]
+            self.last_loss = progress["last_loss"]
         except (KeyError, TypeError, IndexError, ValueError) as error:
-            raise UserError(f"{state_json}: corrupted checkpoint file ({error!r})") from None
-        self.start = iteration
+            raise UserError(f"{config_path}: corrupted checkpoint ({error!r})") from None
+        self.start = config["iteration"]
 
     def _save(self, iteration: int, done: bool) -> None:
-        """Write checkpoint ``iteration`` (state first, config JSON last), then drop older ones;
-        at the end also final.safetensors + final.json. Rank 0 writes; every rank waits."""
+        """Checkpoint ``iteration`` (and the final weights when ``done``): rank 0 writes, every
+        rank waits."""
         if self.ctx.is_main:
-            stem = self.out / checkpoint_stem(iteration)
-            tensors, info = _optimizer_files(self.optimizer)
-            state_bytes = _tensor_bytes(tensors)
-            model_bytes = _tensor_bytes(self.module.state_dict())
-            model_sha = hashlib.sha256(model_bytes).hexdigest()
-            atomic_write_bytes(Path(f"{stem}.state.safetensors"), state_bytes)
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "iteration": iteration,
-                "sha256": hashlib.sha256(state_bytes).hexdigest(),
-                "optimizer": info,
-                "window": self.window,
-                "last_loss": self.last_loss,
-            }
-            atomic_write_text(Path(f"{stem}.state.json"), _json_text(state))
-            atomic_write_bytes(stem.with_suffix(".safetensors"), model_bytes)
-            config = self._config(iteration, model_sha)
-            atomic_write_text(stem.with_suffix(".json"), _json_text(config))
-            for path in self.out.glob("checkpoint-*"):
-                if not path.name.startswith(stem.name + "."):
-                    path.unlink(missing_ok=True)
-            if done:
-                atomic_write_bytes(self.out / f"{FINAL}.safetensors", model_bytes)
-                atomic_write_text(self.out / f"{FINAL}.json", _json_text(config))
+            progress = {"window": self.window, "last_loss": self.last_loss}
+            config = self._config()
+            write_checkpoint(
+                self.out, iteration, self.module, self.optimizer, config, progress, done
+            )
         self.ctx.barrier()
 
     def _prepare_log(self) -> None:

@@ -21,16 +21,11 @@ from safetensors.torch import load_file
 from tests_helpers import source_miou
 
 from ovrsisbench.adapter import create_adapter
+from ovrsisbench.checkpoints import latest_checkpoint
 from ovrsisbench.errors import UserError
 from ovrsisbench.protocol import load_protocol
-from ovrsisbench.train import (
-    BatchPlan,
-    TrainSettings,
-    latest_checkpoint,
-    lr_factor,
-    seed_everything,
-    train,
-)
+from ovrsisbench.train import TrainSettings, lr_factor, seed_everything, train
+from ovrsisbench.train_data import BatchPlan
 
 MODEL = "toy_adapters:ToyTrainable"
 
