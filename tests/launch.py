@@ -37,10 +37,10 @@ def torchrun(arguments: list[str], world_size: int = 2) -> subprocess.CompletedP
     )
 
 
-def launch_by_hand(arguments: list[str], world_size: int = 2) -> list[subprocess.CompletedProcess]:
-    """Start the processes as torchrun would (its environment variables)."""
+def start_by_hand(arguments: list[str], world_size: int = 2) -> list[subprocess.Popen]:
+    """Start the processes as torchrun would (its environment variables); not waiting."""
     port = str(free_port())
-    processes = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "ovrsisbench", *arguments],
             env=environment(
@@ -56,6 +56,10 @@ def launch_by_hand(arguments: list[str], world_size: int = 2) -> list[subprocess
         )
         for rank in range(world_size)
     ]
+
+
+def finish(processes: list[subprocess.Popen]) -> list[subprocess.CompletedProcess]:
+    """Wait for every process (killing them all if one hangs); their exit codes and output."""
     finished = []
     try:
         for process in processes:
@@ -66,3 +70,8 @@ def launch_by_hand(arguments: list[str], world_size: int = 2) -> list[subprocess
             if process.poll() is None:
                 process.kill()
     return finished
+
+
+def launch_by_hand(arguments: list[str], world_size: int = 2) -> list[subprocess.CompletedProcess]:
+    """Run the processes as torchrun would, keeping each one's exit code and output apart."""
+    return finish(start_by_hand(arguments, world_size))

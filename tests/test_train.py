@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PLUGINS
-from launch import torchrun
+from launch import finish, start_by_hand, torchrun
 from safetensors.torch import load_file
 from tests_helpers import source_miou
 
@@ -604,3 +604,28 @@ def test_torchrun_trains_like_one_process_and_evaluates(make_toy, demo, syntheti
     sha = hashlib.sha256((out / "final.safetensors").read_bytes()).hexdigest()
     assert sorted(r["dataset"] for r in records) == ["synthetic-source", "synthetic-target"]
     assert {r["weights_sha256"] for r in records} == {sha}
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_iteration(synthetic_root, tmp_path):
+    """Preemption of one of two processes: both finish the same iteration, one checkpoint is
+    written there, both exit 130; the resumed pair finishes the run."""
+    out = tmp_path / "out"
+    arguments = train_arguments(synthetic_root, tmp_path, "--out", str(out))
+    arguments += ["--max-iters", "150", "--log-every", "1", "--checkpoint-every", "1000"]
+    processes = start_by_hand(arguments)
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+            finish(processes)
+            pytest.fail("training did not start")
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGTERM)
+    stopped = finish(processes)
+    assert [p.returncode for p in stopped] == [130, 130], stopped[0].stderr + stopped[1].stderr
+    found = latest_checkpoint(out)
+    assert found is not None and 3 <= found[0] < 150
+    assert log_lines(out)[-1]["iteration"] == found[0]
+    resumed = finish(start_by_hand([*arguments, "--resume"]))
+    assert [p.returncode for p in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
+    assert json.loads((out / "final.json").read_text())["iteration"] == 150
