@@ -80,6 +80,8 @@ class MaskCLIPAdapter(PromptAdapter):
     """Training-free MaskCLIP on an OpenAI CLIP ViT (see the module docstring)."""
 
     name = "maskclip"
+    source_url = "https://github.com/chongzhou96/MaskCLIP"
+    licence = "this re-implementation: Apache-2.0 (ovrsisbench); OpenAI CLIP weights: MIT"
     demo_options = {"arch": "tiny"}
     choices = CHOICES
     default_options = {

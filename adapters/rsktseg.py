@@ -173,6 +173,11 @@ class RSKTSegAdapter(PromptAdapter):
 
     name = "rsktseg"
     trainable = True
+    source_url = "https://github.com/LiBingyu01/RSKT-Seg"
+    licence = (
+        "this re-implementation: Apache-2.0 (ovrsisbench); the original code and released "
+        "weights: no licence stated"
+    )
     demo_options = {"backbone": "tiny"}
     demo_training = DEMO_TRAINING
     training_options = ("loss", "loss_ignore", "train_size", "clip_multiplier")

@@ -65,6 +65,12 @@ class Adapter:
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = False
+    #: Provenance shown in submissions (``ovrsisbench submit``): the adapter's version, where the
+    #: model comes from (code or paper URL) and the licence of its code and weights. Unset, an
+    #: entry-point adapter takes them from its distribution's metadata.
+    version: ClassVar[str | None] = None
+    source_url: ClassVar[str | None] = None
+    licence: ClassVar[str | None] = None
     #: Option names and defaults accepted by ``__init__``; recorded in every result.
     default_options: ClassVar[dict[str, Any]] = {}
     #: Options that only shape training (crop size, loss...): left out of result records, where
@@ -206,6 +212,39 @@ class AdapterEntry:
     name: str
     origin: str  # "built-in", "entry point (<dist>)" or "module:Class"
     cls: type[Adapter]
+    dist: metadata.Distribution | None = None  # the distribution of an entry point
+
+    def provenance(self) -> dict[str, str | None]:
+        """Name, origin, version, source URL and licence: the class's own values, else its
+        distribution's metadata (entry points), else ovrsisbench's version (built-ins)."""
+        cls, meta = self.cls, self.dist.metadata if self.dist is not None else None
+        version = cls.version or (self.dist.version if self.dist is not None else None)
+        if version is None and self.origin == "built-in":
+            from ovrsisbench import __version__
+
+            version = __version__
+        source_url = cls.source_url or (_distribution_url(meta) if meta else None)
+        licence = cls.licence or (_distribution_licence(meta) if meta else None)
+        return {
+            "name": self.name,
+            "origin": self.origin,
+            "version": version,
+            "source_url": source_url,
+            "licence": licence,
+        }
+
+
+def _distribution_url(meta: Any) -> str | None:
+    """Home page, else the first project URL, of a distribution's metadata."""
+    if meta.get("Home-page"):
+        return meta["Home-page"]
+    for entry in meta.get_all("Project-URL") or []:
+        return entry.split(",", 1)[-1].strip()
+    return None
+
+
+def _distribution_licence(meta: Any) -> str | None:
+    return meta.get("License-Expression") or meta.get("License") or None
 
 
 def _builtin_adapters() -> dict[str, type[Adapter]]:
@@ -248,7 +287,8 @@ def _load_entry_point(point: metadata.EntryPoint) -> AdapterEntry:
         loaded = point.load()
     except Exception as error:
         raise UserError(f"cannot load {where}: {type(error).__name__}: {error}") from error
-    return AdapterEntry(point.name, f"entry point ({dist})", _check_adapter_class(loaded, where))
+    cls = _check_adapter_class(loaded, where)
+    return AdapterEntry(point.name, f"entry point ({dist})", cls, point.dist)
 
 
 def list_adapters() -> tuple[list[AdapterEntry], list[str]]:
