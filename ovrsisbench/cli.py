@@ -528,15 +528,113 @@ def leaderboard(
         raise UserError(f"unknown format '{format}' (use csv or md)")
     if policy not in POLICIES:
         raise UserError(f"unknown policy '{policy}' (use {' or '.join(POLICIES)})")
+    refused: list[str] = []
     frame = build(
-        load_protocol(protocol), results or default_results(), with_reference, fwiou, policy
+        load_protocol(protocol),
+        results or default_results(),
+        with_reference,
+        fwiou,
+        policy,
+        refused,
     )
+    for line in refused:
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     text = render(frame, format)
     if out is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:
         atomic_write_text(out, text)
         console.print(f"written: {out}")
+
+
+@app.command()
+def submit(
+    model: Annotated[str, typer.Option(help="The model whose result records to submit")],
+    out: Annotated[Path, typer.Option(help="The submission file to write (JSON)")],
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="Protocol name \\[default: the one the model has complete records for]"),
+    ] = None,
+    option: OptionList = None,
+    backbone: Backbone = None,
+    weights_sha256: Annotated[
+        str | None, typer.Option(help="Pick the configuration whose weights hash starts so")
+    ] = None,
+    results: ResultsDir = None,
+) -> None:
+    """Bundle a model's result records on one protocol (every evaluation dataset) with its
+    provenance and a SHA-256 of every record into one submission file."""
+    from ovrsisbench.io import atomic_write_text
+    from ovrsisbench.protocol import load_protocol
+    from ovrsisbench.submission import build_submission, verify_submission
+
+    submission = build_submission(
+        model,
+        results or default_results(),
+        load_protocol(protocol) if protocol else None,
+        parse_options(option, backbone),
+        weights_sha256,
+    )
+    verdict = verify_submission(json.loads(json.dumps(submission)), str(out))
+    if not verdict.verified:  # our own records should always verify: say what broke
+        raise UserError(f"the submission would not verify: {'; '.join(verdict.problems)}")
+    atomic_write_text(out, json.dumps(submission, indent=1) + "\n")
+    datasets = ", ".join(entry["dataset"] for entry in submission["protocol"]["evaluation"])
+    console.print(
+        f"submission of {model} on {submission['protocol']['name']} ({datasets}) written: {out}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def verify(
+    file: Annotated[Path, typer.Argument(help="A submission file (from ovrsisbench submit)")],
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Compare image and pixel counts with the datasets prepared here (same data "
+            "version only) \\[default: $OVRSISBENCH_DATA or ./data, when present]"
+        ),
+    ] = None,
+    check_labels: Annotated[
+        bool,
+        typer.Option(
+            "--check-labels",
+            help="Also count every class's ground-truth pixels in those labels (reads them all)",
+        ),
+    ] = False,
+) -> None:
+    """Check a submission from its data alone, never importing or running code it names:
+    schema, completeness, class lists and vocabulary hashes, confusion matrices, every metric
+    recomputed, record hashes. Exit code 1 when it does not verify."""
+    from ovrsisbench.submission import check_local_data, read_submission
+
+    verdict = read_submission(file)
+    root = data_root or default_data_root()
+    if verdict.verified and root.is_dir():
+        check_local_data(verdict, root, check_labels)
+    for note in verdict.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    if verdict.verified:
+        adapter, protocol = verdict.adapter, verdict.protocol
+        console.print(
+            f"VERIFIED: {file}: {adapter['name']} {adapter['version'] or ''} on protocol "
+            f"{protocol.name}, {len(verdict.records)} datasets, every metric recomputed",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    console.print(
+        f"REJECTED: {file}: {len(verdict.problems)} problem(s)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    for problem in verdict.problems:
+        console.print(f"- {problem}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @adapters_app.command("list")

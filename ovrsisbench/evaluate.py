@@ -27,7 +27,7 @@ from torch.utils.data import Subset
 
 import ovrsisbench
 from ovrsisbench.adapter import Adapter, file_sha256, json_sha256
-from ovrsisbench.data.layout import PreparedDataset, open_dataset, open_pil_image
+from ovrsisbench.data.layout import PreparedDataset, open_dataset
 from ovrsisbench.data.loader import SegmentationDataset, read_ahead
 from ovrsisbench.distributed import Context
 from ovrsisbench.environment import describe_environment, device_name
@@ -306,7 +306,7 @@ class Evaluator:
         vocabulary = entry.vocabulary
         # whole batches of the single-process run: every image is predicted in the same batch
         # (same companions, same padding) as there, so the scores, not only the rule, agree
-        plan = batch_plan([_image_size(dataset, stem) for stem in stems], self.settings.batch_size)
+        plan = batch_plan([dataset.sample_size(stem) for stem in stems], self.settings.batch_size)
         mine = [plan[i] for i in self.context.shard(len(plan))]
         indices = [index for batch in mine for index in batch]
         num_classes = len(vocabulary.classes)
@@ -451,13 +451,6 @@ def _batches(
         labels.append(sample["label"])
     if images:
         yield images, labels
-
-
-def _image_size(dataset: PreparedDataset, stem: str) -> tuple[int, int]:
-    """(H, W) of a sample from its label file's header (labels match their images)."""
-    with open_pil_image(dataset.label_path(stem), "label") as label:
-        width, height = label.size
-    return height, width
 
 
 def batch_plan(sizes: list[Any], batch_size: int) -> list[range]:

@@ -4,6 +4,8 @@ One row per (model, options, weights, data source: raw download, OVSISBench arch
 synthetic); per dataset of the protocol its mIoU and mACC (fwIoU on
 request); the mean over the protocol's datasets when every dataset has a record; rank by mean
 mIoU. Every number of ours is read from a record file, so it can be traced and recomputed.
+Submissions in ``<results>/submissions/`` add rows marked "submitted" once they verify
+(``ovrsisbench.submission``); the others are refused with their reason.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from ovrsisbench.errors import UserError
 from ovrsisbench.io import atomic_write_text
 from ovrsisbench.metrics import DEFAULT_POLICY, compute_scores
 from ovrsisbench.protocol import Protocol, list_protocols, load_protocol
-from ovrsisbench.results import ResultStore
+from ovrsisbench.results import ResultStore, config_label, data_source, distinguishing_options
+from ovrsisbench.submission import SUBMISSIONS_DIR, read_submission
 
 REFERENCE_FILE = "rsktseg_table1.csv"
 FORMATS = ("csv", "md")
@@ -42,30 +45,11 @@ class Row:
     stated_means: dict[str, float] | None = None  # published rows state their own means
 
 
-def _distinguishing_options(records: list[dict[str, Any]]) -> list[str]:
-    """Option names whose values differ between the records of one model (plus backbone)."""
-    keys = {key for record in records for key in record["options"]}
-    varying = {k for k in keys if len({repr(r["options"].get(k)) for r in records}) > 1}
-    return sorted(varying | ({"backbone"} & keys))
-
-
-def _config_label(record: dict[str, Any], shown: list[str]) -> str:
-    options = [f"{k}={record['options'].get(k)}" for k in shown]
-    weights = (record["weights_sha256"] or "none")[:12]
-    return " ".join([*options, f"weights={weights}"])
-
-
 def record_metrics(record: dict[str, Any], policy: str) -> dict[str, float]:
     """The record's metrics under ``policy``: as stored, or recomputed from its matrix."""
     if record["absent_class_policy"] == policy:
         return dict(record["metrics"])
     return compute_scores(np.asarray(record["confusion"], dtype=np.int64), policy).summary()
-
-
-def data_source(record: dict[str, Any]) -> str:
-    """Where the record's dataset was prepared from: raw, archive (the paper's OVSISBench files)
-    or synthetic; results on differently prepared data are different benchmark versions."""
-    return record["environment"].get("data", {}).get("version", {}).get("source", "unknown")
 
 
 def rows_from_records(
@@ -79,19 +63,49 @@ def rows_from_records(
         if record["protocol"] == protocol.name and key in wanted:
             matching.append((wanted[key], record))
     shown = {
-        model: _distinguishing_options([r for _, r in matching if r["model"] == model])
+        model: distinguishing_options([r for _, r in matching if r["model"] == model])
         for model in {r["model"] for _, r in matching}
     }
     rows: dict[tuple[str, str, str | None, str], Row] = {}
     for dataset, record in matching:
         data = data_source(record)
         identity = (record["model"], json_sha256(record["options"]), record["weights_sha256"], data)
-        label = _config_label(record, shown[record["model"]])
+        label = config_label(record, shown[record["model"]])
         row = rows.setdefault(identity, Row(record["model"], label, f"ours ({data} data)"))
         if record["created"] >= row.created.get(dataset, ""):  # newest record wins
             row.created[dataset] = record["created"]
             row.metrics[dataset] = record_metrics(record, policy)
     return list(rows.values())
+
+
+def submission_rows(
+    protocol: Protocol, results_dir: Path, policy: str, refused: list[str] | None = None
+) -> list[Row]:
+    """Rows of the verified submissions for ``protocol`` in ``<results_dir>/submissions``; each
+    refused file (it does not verify) is left out and described in ``refused``."""
+    folder = Path(results_dir) / SUBMISSIONS_DIR
+    rows = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        verdict = read_submission(path)
+        if not verdict.verified:
+            more = len(verdict.problems) - 1
+            reason = verdict.problems[0] + (f" (and {more} more problems)" if more else "")
+            if refused is not None:
+                refused.append(f"{path}: refused: {reason}")
+            continue
+        if verdict.protocol is None or verdict.protocol.name != protocol.name:
+            continue
+        first = verdict.records[0]
+        shown = ["backbone"] if "backbone" in first["options"] else []
+        row = Row(
+            verdict.adapter["name"],
+            config_label(first, shown),
+            f"submitted ({data_source(first)} data)",
+        )
+        for entry, record in zip(protocol.evaluation, verdict.records, strict=True):
+            row.metrics[entry.dataset] = record_metrics(record, policy)
+        rows.append(row)
+    return rows
 
 
 def reference_rows(protocol: Protocol) -> list[Row]:
@@ -168,13 +182,16 @@ def build(
     with_reference: bool = False,
     with_fwiou: bool = False,
     policy: str = DEFAULT_POLICY,
+    refused: list[str] | None = None,
 ) -> pd.DataFrame:
-    """The leaderboard of ``protocol`` from the records under ``results_dir``.
+    """The leaderboard of ``protocol`` from the records and verified submissions under
+    ``results_dir`` (refused submissions are described in ``refused``).
 
     Published rows follow the default policy (detectron2's); with another ``policy`` they are
     left out rather than shown next to numbers computed differently.
     """
     rows = rows_from_records(protocol, ResultStore(results_dir), policy)
+    rows += submission_rows(protocol, results_dir, policy, refused)
     if with_reference and policy != DEFAULT_POLICY:
         raise UserError(
             f"published rows use the '{DEFAULT_POLICY}' policy; drop --with-reference "
@@ -186,10 +203,12 @@ def build(
 
 
 def write_leaderboards(results_dir: Path, protocols: list[Protocol] | None = None) -> list[Path]:
-    """Write ``leaderboard.csv`` and ``leaderboard.md`` for every protocol that has records."""
+    """Write ``leaderboard.csv`` and ``leaderboard.md`` for every protocol that has records; the
+    Markdown lists refused submissions with their reason."""
     if protocols is None:
         protocols = [load_protocol(name) for name in list_protocols()]
-    frames = [(p, build(p, results_dir)) for p in protocols]
+    refused: list[str] = []
+    frames = [(p, build(p, results_dir, refused=refused)) for p in protocols]
     frames = [(p, f) for p, f in frames if not f.empty]
     csv_text = pd.concat(
         [f.assign(protocol=p.name) for p, f in frames] or [pd.DataFrame()], ignore_index=True
@@ -198,6 +217,9 @@ def write_leaderboards(results_dir: Path, protocols: list[Protocol] | None = Non
     for protocol, frame in frames:
         md_parts.append(f"\n## Protocol `{protocol.name}`\n\n{protocol.description}\n\n")
         md_parts.append(render(frame, "md") + "\n")
+    if refused:
+        md_parts.append("\n## Refused submissions\n\n")
+        md_parts += [f"- {line}\n" for line in dict.fromkeys(refused)]
     paths = [Path(results_dir) / "leaderboard.csv", Path(results_dir) / "leaderboard.md"]
     atomic_write_text(paths[0], csv_text)
     atomic_write_text(paths[1], "".join(md_parts))

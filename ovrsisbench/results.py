@@ -159,3 +159,24 @@ def read_record(path: Path) -> dict[str, Any]:
     if record["schema"] != SCHEMA:
         raise DataError(f"{path}: unknown schema '{record['schema']}' (expected {SCHEMA})")
     return record
+
+
+# -- what a record's configuration is called on leaderboards ---------------------------------------
+def data_source(record: dict[str, Any]) -> str:
+    """Where the record's dataset was prepared from: raw, archive (the paper's OVSISBench files)
+    or synthetic; results on differently prepared data are different benchmark versions."""
+    return record["environment"].get("data", {}).get("version", {}).get("source", "unknown")
+
+
+def distinguishing_options(records: list[dict[str, Any]]) -> list[str]:
+    """Option names whose values differ between the records of one model (plus backbone)."""
+    keys = {key for record in records for key in record["options"]}
+    varying = {k for k in keys if len({repr(r["options"].get(k)) for r in records}) > 1}
+    return sorted(varying | ({"backbone"} & keys))
+
+
+def config_label(record: dict[str, Any], shown: list[str]) -> str:
+    """``key=value`` of the ``shown`` options and the weights hash's first 12 digits."""
+    options = [f"{k}={record['options'].get(k)}" for k in shown]
+    weights = (record["weights_sha256"] or "none")[:12]
+    return " ".join([*options, f"weights={weights}"])

@@ -388,6 +388,12 @@ class PreparedDataset:
         """Path of the label PNG of ``stem`` (not checked for existence)."""
         return self.directory / "labels" / f"{stem}.png"
 
+    def sample_size(self, stem: str) -> tuple[int, int]:
+        """(H, W) of the sample ``stem``, from its label file's header (labels match images)."""
+        with open_pil_image(self.label_path(stem), "label") as label:
+            width, height = label.size
+        return height, width
+
     def read_image(self, stem: str) -> np.ndarray:
         """The image of ``stem`` as an (H, W, 3) uint8 RGB array."""
         return read_rgb(self.image_path(stem))
