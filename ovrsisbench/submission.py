@@ -325,8 +325,11 @@ class _Checker:
         if record["absent_class_policy"] not in POLICIES:
             self.problem(where, f"unknown absent-class policy {record['absent_class_policy']!r}")
             return
-        if not isinstance(record["num_images"], int) or record["num_images"] < 1:
+        if not _is_count(record["num_images"]) or record["num_images"] < 1:
             self.problem(where, "num_images must be a positive integer")
+        environment = record["environment"]
+        if not isinstance(environment, dict) or not isinstance(environment.get("data", {}), dict):
+            self.problem(where, "its environment must be a JSON object (data version included)")
         matrix = self.confusion(where, record["confusion"], len(entry.vocabulary.names()))
         if matrix is not None:
             self.counts(where, record, matrix)
