@@ -328,7 +328,8 @@ class _Checker:
         if not _is_count(record["num_images"]) or record["num_images"] < 1:
             self.problem(where, "num_images must be a positive integer")
         environment = record["environment"]
-        if not isinstance(environment, dict) or not isinstance(environment.get("data", {}), dict):
+        data = environment.get("data", {}) if isinstance(environment, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("version", {}), dict):
             self.problem(where, "its environment must be a JSON object (data version included)")
         matrix = self.confusion(where, record["confusion"], len(entry.vocabulary.names()))
         if matrix is not None:

@@ -191,7 +191,13 @@ def duplicated_dataset(s: dict) -> None:
     s["records"][1] = copy.deepcopy(s["records"][0])
 
 
+def malformed_environment(s: dict) -> None:
+    s["records"][0]["record"]["environment"] = {"data": {"version": "raw"}}
+    rehash(s)
+
+
 TAMPERING = {
+    malformed_environment: "environment must be a JSON object",
     edited_metric: "mIoU",
     removed_dataset: "no record for synthetic-target",
     changed_class_list: "class list differs",
