@@ -215,16 +215,17 @@ class AdapterEntry:
     dist: metadata.Distribution | None = None  # the distribution of an entry point
 
     def provenance(self) -> dict[str, str | None]:
-        """Name, origin, version, source URL and licence: the class's own values, else its
-        distribution's metadata (entry points), else ovrsisbench's version (built-ins)."""
-        cls, meta = self.cls, self.dist.metadata if self.dist is not None else None
-        version = cls.version or (self.dist.version if self.dist is not None else None)
+        """Name, origin, version, source URL and licence: the class's own values (set on the
+        class itself: a subclass of another model is not that model), else its distribution's
+        metadata (entry points), else ovrsisbench's version (built-ins)."""
+        own, meta = vars(self.cls), self.dist.metadata if self.dist is not None else None
+        version = own.get("version") or (self.dist.version if self.dist is not None else None)
         if version is None and self.origin == "built-in":
             from ovrsisbench import __version__
 
             version = __version__
-        source_url = cls.source_url or (_distribution_url(meta) if meta else None)
-        licence = cls.licence or (_distribution_licence(meta) if meta else None)
+        source_url = own.get("source_url") or (_distribution_url(meta) if meta else None)
+        licence = own.get("licence") or (_distribution_licence(meta) if meta else None)
         return {
             "name": self.name,
             "origin": self.origin,

@@ -53,59 +53,84 @@ def record_metrics(record: dict[str, Any], policy: str) -> dict[str, float]:
 
 
 def rows_from_records(
-    protocol: Protocol, store: ResultStore, policy: str = DEFAULT_POLICY
+    protocol: Protocol,
+    store: ResultStore,
+    policy: str = DEFAULT_POLICY,
+    submissions: list[list[dict[str, Any]]] = (),
 ) -> list[Row]:
-    """Rows of our own results for ``protocol``: only records matching its current entries."""
-    wanted = {(e.dataset, e.split, e.vocabulary.sha256): e.dataset for e in protocol.evaluation}
+    """Rows of our own results for ``protocol`` (only records matching its current entries),
+    then one row per verified submission (its records, kind ``submitted``)."""
+    wanted = {key: key[0] for key in _entry_keys(protocol)}
     matching: list[tuple[str, dict[str, Any]]] = []
     for _path, record in store.iter_records():
         key = (record["dataset"], record["split"], record["vocabulary"]["sha256"])
         if record["protocol"] == protocol.name and key in wanted:
             matching.append((wanted[key], record))
+    submitted = [
+        (record["dataset"], record, number)
+        for number, records in enumerate(submissions)
+        for record in records
+    ]
+    everything = [(dataset, record, None) for dataset, record in matching] + submitted
     shown = {
-        model: distinguishing_options([r for _, r in matching if r["model"] == model])
-        for model in {r["model"] for _, r in matching}
+        model: distinguishing_options([r for _, r, _ in everything if r["model"] == model])
+        for model in {r["model"] for _, r, _ in everything}
     }
-    rows: dict[tuple[str, str, str | None, str], Row] = {}
-    for dataset, record in matching:
+    rows: dict[tuple, Row] = {}
+    for dataset, record, submission in everything:
         data = data_source(record)
-        identity = (record["model"], json_sha256(record["options"]), record["weights_sha256"], data)
+        if submission is None:  # ours: one row per configuration
+            kind = "ours"
+            identity: tuple = (record["model"], json_sha256(record["options"]))
+            identity += (record["weights_sha256"], data)
+        else:  # one row per submission file
+            kind, identity = "submitted", ("submitted", submission)
         label = config_label(record, shown[record["model"]])
-        row = rows.setdefault(identity, Row(record["model"], label, f"ours ({data} data)"))
+        row = rows.setdefault(identity, Row(record["model"], label, f"{kind} ({data} data)"))
         if record["created"] >= row.created.get(dataset, ""):  # newest record wins
             row.created[dataset] = record["created"]
             row.metrics[dataset] = record_metrics(record, policy)
     return list(rows.values())
 
 
-def submission_rows(
-    protocol: Protocol, results_dir: Path, policy: str, refused: list[str] | None = None
-) -> list[Row]:
-    """Rows of the verified submissions for ``protocol`` in ``<results_dir>/submissions``; each
-    refused file (it does not verify) is left out and described in ``refused``."""
+def _entry_keys(protocol: Protocol) -> list[tuple[str, str, str]]:
+    return [(e.dataset, e.split, e.vocabulary.sha256) for e in protocol.evaluation]
+
+
+def verified_submissions(
+    protocol: Protocol, results_dir: Path, refused: list[str] | None = None
+) -> list[list[dict[str, Any]]]:
+    """The records (one per evaluation entry, in order) of every submission in
+    ``<results_dir>/submissions`` that verifies for exactly this ``protocol``; each file that
+    does not verify, or repeats another's records, is described in ``refused``."""
     folder = Path(results_dir) / SUBMISSIONS_DIR
-    rows = []
+    found: dict[frozenset[str], str] = {}  # record hashes -> file name
+    submissions = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        verdict = read_submission(path)
-        if not verdict.verified:
-            more = len(verdict.problems) - 1
-            reason = verdict.problems[0] + (f" (and {more} more problems)" if more else "")
-            if refused is not None:
-                refused.append(f"{path}: refused: {reason}")
+        try:
+            verdict = read_submission(path)
+            problems = verdict.problems
+        except Exception as error:  # e.g. a dangling link: refused, never fatal
+            verdict, problems = None, [f"unreadable ({type(error).__name__}: {error})"]
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            _refuse(refused, path, problems[0] + more)
             continue
-        if verdict.protocol is None or verdict.protocol.name != protocol.name:
+        assert verdict is not None and verdict.protocol is not None
+        if _entry_keys(verdict.protocol) != _entry_keys(protocol):
+            continue  # another protocol, or another definition under this name
+        hashes = frozenset(json_sha256(record) for record in verdict.records)
+        if hashes in found:
+            _refuse(refused, path, f"the same records as {found[hashes]}")
             continue
-        first = verdict.records[0]
-        shown = ["backbone"] if "backbone" in first["options"] else []
-        row = Row(
-            verdict.adapter["name"],
-            config_label(first, shown),
-            f"submitted ({data_source(first)} data)",
-        )
-        for entry, record in zip(protocol.evaluation, verdict.records, strict=True):
-            row.metrics[entry.dataset] = record_metrics(record, policy)
-        rows.append(row)
-    return rows
+        found[hashes] = path.name
+        submissions.append(verdict.records)
+    return submissions
+
+
+def _refuse(refused: list[str] | None, path: Path, reason: str) -> None:
+    if refused is not None:
+        refused.append(f"{SUBMISSIONS_DIR}/{path.name}: refused: {reason}")
 
 
 def reference_rows(protocol: Protocol) -> list[Row]:
@@ -168,11 +193,19 @@ def format_cell(value: object) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def _markdown_cell(text: str) -> str:
+    """A cell that cannot break the table: no line breaks, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def render(frame: pd.DataFrame, fmt: str) -> str:
     """CSV (full precision, empty = missing) or Markdown (2 decimals, empty = missing)."""
     if fmt == "csv":
         return frame.to_csv(index=False)
-    cells = [[format_cell(value) for value in row] for row in frame.itertuples(index=False)]
+    cells = [
+        [_markdown_cell(format_cell(value)) for value in row]
+        for row in frame.itertuples(index=False)
+    ]
     return tabulate(cells, headers=list(frame.columns), tablefmt="github", disable_numparse=True)
 
 
@@ -190,8 +223,8 @@ def build(
     Published rows follow the default policy (detectron2's); with another ``policy`` they are
     left out rather than shown next to numbers computed differently.
     """
-    rows = rows_from_records(protocol, ResultStore(results_dir), policy)
-    rows += submission_rows(protocol, results_dir, policy, refused)
+    submissions = verified_submissions(protocol, results_dir, refused)
+    rows = rows_from_records(protocol, ResultStore(results_dir), policy, submissions)
     if with_reference and policy != DEFAULT_POLICY:
         raise UserError(
             f"published rows use the '{DEFAULT_POLICY}' policy; drop --with-reference "
@@ -219,7 +252,7 @@ def write_leaderboards(results_dir: Path, protocols: list[Protocol] | None = Non
         md_parts.append(render(frame, "md") + "\n")
     if refused:
         md_parts.append("\n## Refused submissions\n\n")
-        md_parts += [f"- {line}\n" for line in dict.fromkeys(refused)]
+        md_parts += [f"- {_markdown_cell(line)}\n" for line in dict.fromkeys(refused)]
     paths = [Path(results_dir) / "leaderboard.csv", Path(results_dir) / "leaderboard.md"]
     atomic_write_text(paths[0], csv_text)
     atomic_write_text(paths[1], "".join(md_parts))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +38,11 @@ SUBMISSION_SCHEMA = "ovrsisbench.submission/1"
 SUBMISSIONS_DIR = "submissions"
 #: A stated metric may differ from the one recomputed from its matrix by this much (x100 scale).
 METRIC_TOLERANCE = 1e-6
+#: No count of pixels (one cell, or a whole matrix) can reach this: floats stay exact below it.
+MAX_COUNT = 2**53
+#: Names shown on leaderboards (adapter names, module:Class strings) and data sources.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._:/@+-]{1,200}")
+DATA_SOURCES = ("raw", "archive", "synthetic")
 _ADAPTER_KEYS = ("name", "origin", "version", "source_url", "licence", "options")
 _ADAPTER_KEYS += ("weights_sha256", "params", "inference")
 
@@ -59,9 +65,11 @@ def _describe_entry(entry: EvalEntry) -> dict[str, Any]:
     }
 
 
-def _configuration(record: dict[str, Any]) -> tuple[str, str | None, str]:
-    """What one leaderboard row stands for: options, weights and data source."""
-    return json_sha256(record["options"]), record["weights_sha256"], data_source(record)
+def _configuration(record: dict[str, Any]) -> tuple[str, str | None, str, str]:
+    """What one leaderboard row stands for (options, weights, data source), and the code
+    version that computed it: a submission never mixes versions."""
+    options, weights = json_sha256(record["options"]), record["weights_sha256"]
+    return options, weights, data_source(record), record["environment"]["ovrsisbench"]
 
 
 def _matches(record: dict[str, Any], options: dict[str, Any], weights: str | None) -> bool:
@@ -109,6 +117,7 @@ def build_submission(
             proto, store, model, options, weights
         ).items()
     ]
+    candidates = _newest_code_version(candidates)
     where = f"{model} in {store.records_dir}"
     if not candidates:
         scope = f"protocol {protocol.name}" if protocol else "any protocol"
@@ -132,6 +141,7 @@ def build_submission(
     first = records[0]
     adapter = find_adapter(model).provenance()  # the submitter's own code, run locally
     adapter.update(
+        name=first["model"],  # as run was given it (a module:Class string stays one)
         options=first["options"],
         weights_sha256=first["weights_sha256"],
         params=first["params"],
@@ -148,6 +158,17 @@ def build_submission(
         "environment": describe_environment(),
         "records": [{"sha256": json_sha256(record), "record": record} for record in records],
     }
+
+
+def _newest_code_version(candidates: list[tuple]) -> list[tuple]:
+    """Of complete sets that differ only in the code version, the one with the newest record."""
+    best: dict[tuple, tuple] = {}
+    for protocol, config, records in candidates:
+        base = (protocol.name, *config[:3])
+        newest = max(record["created"] for record in records.values())
+        if base not in best or newest > best[base][0]:
+            best[base] = (newest, protocol, config, records)
+    return [(protocol, config, records) for _, protocol, config, records in best.values()]
 
 
 # -- verify --------------------------------------------------------------------------------------
@@ -170,28 +191,42 @@ class Verdict:
 def read_submission(path: Path) -> Verdict:
     """Read and verify the submission file ``path`` (JSON only: nothing it names is imported)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"submission file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
         return Verdict(str(path), [f"unreadable file: {error}"])
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
+        return Verdict(str(path), [f"malformed JSON: {error}"])
+    except (ValueError, RecursionError) as error:  # NaN/Infinity, huge numbers, deep nesting
         return Verdict(str(path), [f"malformed JSON: {error}"])
     return verify_submission(data, str(path))
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _is_percent(value: Any) -> bool:
+    """A JSON number between 0 and 100 (every metric is a percentage)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return 0.0 <= float(value) <= 100.0  # False for NaN
+    except OverflowError:
+        return False
 
 
 def _close(stated: Any, computed: float | None) -> bool:
     if computed is None:
         return stated is None
-    return _is_number(stated) and abs(stated - computed) <= METRIC_TOLERANCE
+    return _is_percent(stated) and abs(float(stated) - computed) <= METRIC_TOLERANCE
 
 
 class _Checker:
@@ -225,17 +260,18 @@ class _Checker:
         protocol = self.protocol(data["protocol"])
         if not isinstance(data["environment"], dict):
             self.problem("environment", "must be a JSON object")
-        if protocol is None or not self.verdict.adapter:
-            return
-        self.records(data["records"], protocol)
+        if protocol is not None:
+            self.records(data["records"], protocol)
 
     def adapter(self, adapter: Any) -> None:
-        before = len(self.verdict.problems)
+        """Check the adapter block; the records are compared with it (what of it is valid)."""
         if not self.fields("adapter", adapter, _ADAPTER_KEYS):
             return
-        for key in ("name", "origin"):
-            if not isinstance(adapter[key], str) or not adapter[key]:
-                self.problem(f"adapter.{key}", "must be a non-empty text")
+        self.verdict.adapter = adapter
+        if not isinstance(adapter["name"], str) or not NAME_PATTERN.fullmatch(adapter["name"]):
+            self.problem("adapter.name", "must be a name of letters, digits and ._:/@+-")
+        if not isinstance(adapter["origin"], str) or not adapter["origin"]:
+            self.problem("adapter.origin", "must be a non-empty text")
         for key in ("version", "source_url", "licence", "weights_sha256"):
             if adapter[key] is not None and not isinstance(adapter[key], str):
                 self.problem(f"adapter.{key}", "must be a text or null")
@@ -249,8 +285,6 @@ class _Checker:
             and params["trainable"] <= params["total"]
         ):
             self.problem("adapter.params", "must be null or counts total >= trainable >= 0")
-        if len(self.verdict.problems) == before:
-            self.verdict.adapter = adapter
 
     def protocol(self, stated: Any) -> Protocol | None:
         if not self.fields("protocol", stated, ("name", "evaluation")):
@@ -284,14 +318,15 @@ class _Checker:
             record = item["record"]
             if not self.fields(f"{where}.record", record, RECORD_KEYS):
                 continue
-            where = f"records[{index}] ({record.get('dataset')})"
+            where = f"records[{index}] ({record['dataset']!r})"
             if json_sha256(record) != item["sha256"]:
                 self.problem(where, "its SHA-256 differs from the stated one (edited record?)")
-            try:
-                key = _record_key(record)
-            except (KeyError, TypeError):
+            vocabulary = record["vocabulary"]
+            texts = (record["dataset"], record["split"], (vocabulary or {}).get("sha256"))
+            if not isinstance(vocabulary, dict) or not all(isinstance(t, str) for t in texts):
                 self.problem(where, "dataset, split or vocabulary malformed")
                 continue
+            key = _record_key(record)
             if key not in wanted:
                 self.problem(where, "is not an evaluation entry of the protocol (or its "
                              "vocabulary hash differs from ours)")  # fmt: skip
@@ -304,21 +339,24 @@ class _Checker:
         for key, entry in wanted.items():
             if key not in seen:
                 self.problem("records", f"no record for {entry.dataset} ({entry.split})")
+        sources = {_source(record) for record in seen.values()}
+        if len(sources) > 1:
+            self.problem("records", f"mix data sources {sorted(map(str, sources))}: one per row")
         if not self.verdict.problems:
             self.verdict.records = [seen[_entry_key(entry)] for entry in protocol.evaluation]
 
     def record(
         self, where: str, record: dict[str, Any], entry: EvalEntry, protocol: Protocol
     ) -> None:
-        adapter = self.verdict.adapter
+        adapter = self.verdict.adapter or {}
         if record["schema"] != SCHEMA:
             self.problem(where, f"unknown record schema {record['schema']!r}")
         if record["protocol"] != protocol.name:
             self.problem(where, f"belongs to protocol {record['protocol']!r}")
-        if record["model"] != adapter["name"]:
-            self.problem(where, f"is of model {record['model']!r}, not {adapter['name']!r}")
+        if record["model"] != adapter.get("name"):
+            self.problem(where, f"is of model {record['model']!r}, not {adapter.get('name')!r}")
         for key in ("options", "weights_sha256", "params"):
-            if record[key] != adapter[key]:
+            if record[key] != adapter.get(key):
                 self.problem(where, f"its {key} differ from the adapter's")
         if record["classes"] != entry.vocabulary.names():
             self.problem(where, "its class list differs from our vocabulary's")
@@ -329,8 +367,12 @@ class _Checker:
             self.problem(where, "num_images must be a positive integer")
         environment = record["environment"]
         data = environment.get("data", {}) if isinstance(environment, dict) else None
-        if not isinstance(data, dict) or not isinstance(data.get("version", {}), dict):
-            self.problem(where, "its environment must be a JSON object (data version included)")
+        if not isinstance(data, dict) or not isinstance(data.get("version"), dict):
+            self.problem(where, "its environment must be a JSON object with the data version")
+        elif _source(record) not in DATA_SOURCES:
+            self.problem(where, f"unknown data source {_source(record)!r}")
+        if not isinstance(environment, dict) or not isinstance(environment.get("ovrsisbench"), str):
+            self.problem(where, "its environment must name the ovrsisbench version")
         matrix = self.confusion(where, record["confusion"], len(entry.vocabulary.names()))
         if matrix is not None:
             self.counts(where, record, matrix)
@@ -345,13 +387,13 @@ class _Checker:
             self.problem(where, f"the confusion matrix must be {size} x {size} (the classes)")
             return None
         if not all(_is_count(value) for row in rows for value in row):
-            self.problem(where, "the confusion matrix must hold non-negative integers")
+            self.problem(where, f"the confusion matrix must hold integers from 0 to {MAX_COUNT}")
             return None
-        matrix = np.asarray(rows, dtype=np.int64)
-        if matrix.sum() == 0:
-            self.problem(where, "the confusion matrix counts no pixel")
+        total = sum(sum(row) for row in rows)  # Python integers: no overflow
+        if not 0 < total < MAX_COUNT:
+            self.problem(where, f"the confusion matrix counts {total} pixels")
             return None
-        return matrix
+        return np.asarray(rows, dtype=np.int64)
 
     def counts(self, where: str, record: dict[str, Any], matrix: np.ndarray) -> None:
         per_class = record["per_class"]
@@ -377,10 +419,22 @@ class _Checker:
                 self.problem(where, f"per_class.{name} differs from its matrix")
 
 
+def _source(record: dict[str, Any]) -> Any:
+    try:
+        return record["environment"]["data"]["version"]["source"]
+    except (KeyError, TypeError):
+        return None
+
+
 def verify_submission(data: Any, source: str = "submission") -> Verdict:
     """Every problem of a parsed submission (``Verdict.problems`` empty: verified)."""
     verdict = Verdict(source)
-    _Checker(verdict).submission(data)
+    try:
+        _Checker(verdict).submission(data)
+    except Exception as error:  # a shape no check foresaw: rejected, never a traceback
+        verdict.problems.append(f"malformed submission ({type(error).__name__}: {error})")
+    if verdict.problems:
+        verdict.records = []
     return verdict
 
 

@@ -196,12 +196,80 @@ def malformed_environment(s: dict) -> None:
     rehash(s)
 
 
+def overflowing_counts(s: dict) -> None:
+    """Cells whose int64 row sums would wrap around to the true ones."""
+    for item in s["records"]:
+        row = item["record"]["confusion"][0]
+        for column in range(4):
+            row[column] += 2**62
+        item["record"]["metrics"]["mIoU"] = 1e15
+    rehash(s)
+
+
+def huge_metric(s: dict) -> None:
+    s["records"][0]["record"]["metrics"]["mIoU"] = 10**400
+    rehash(s)
+
+
+def metric_as_text(s: dict) -> None:
+    s["records"][0]["record"]["metrics"]["mIoU"] = "17.7"
+    rehash(s)
+
+
+def unhashable_dataset(s: dict) -> None:
+    s["records"][0]["record"]["dataset"] = {}
+    rehash(s)
+
+
+def float_counts(s: dict) -> None:
+    s["records"][0]["record"]["confusion"][0][0] = 3.0
+    rehash(s)
+
+
+def boolean_count(s: dict) -> None:
+    s["records"][0]["record"]["num_images"] = True
+    rehash(s)
+
+
+def mixed_data_sources(s: dict) -> None:
+    s["records"][1]["record"]["environment"]["data"]["version"]["source"] = "archive"
+    rehash(s)
+
+
+def invented_data_source(s: dict) -> None:
+    for item in s["records"]:
+        item["record"]["environment"]["data"]["version"]["source"] = "ours (raw data)"
+    rehash(s)
+
+
+def markdown_in_the_name(s: dict) -> None:
+    name = "x\n| 1 | fake | | ours (raw data) | 99.00"
+    s["adapter"]["name"] = name
+    for item in s["records"]:
+        item["record"]["model"] = name
+    rehash(s)
+
+
+def options_not_an_object(s: dict) -> None:
+    s["adapter"]["options"] = ["arch", "tiny"]
+
+
 TAMPERING = {
+    overflowing_counts: "must hold integers from 0 to",
+    huge_metric: "mIoU",
+    metric_as_text: "mIoU",
+    unhashable_dataset: "dataset, split or vocabulary malformed",
+    float_counts: "must hold integers from 0 to",
+    boolean_count: "num_images must be a positive integer",
+    mixed_data_sources: "mix data sources",
+    invented_data_source: "unknown data source",
+    markdown_in_the_name: "adapter.name",
+    options_not_an_object: "adapter.options",
     malformed_environment: "environment must be a JSON object",
     edited_metric: "mIoU",
     removed_dataset: "no record for synthetic-target",
     changed_class_list: "class list differs",
-    negative_count: "non-negative integers",
+    negative_count: "must hold integers from 0 to",
     wrong_hash: "SHA-256 differs",
     edited_record_keeping_its_hash: "SHA-256 differs",
     changed_vocabulary_hash: "vocabulary hash differs",
@@ -230,7 +298,7 @@ def test_cli_rejects_with_every_problem_and_exit_code_1(cli, genuine, tmp_path):
     path.write_text(json.dumps(submission))
     result = cli("verify", path, "--data-root", tmp_path / "no-data")
     assert result.code == 1
-    assert "REJECTED" in result.out and "mIoU" in result.out and "non-negative" in result.out
+    assert "REJECTED" in result.out and "mIoU" in result.out and "integers from 0" in result.out
     malformed = tmp_path / "malformed.json"
     malformed.write_text('{"schema": "ovrsisbench.submission/1", "records": [')
     broken = cli("verify", malformed)
@@ -320,3 +388,100 @@ def test_verified_submissions_are_submitted_rows_and_others_are_refused(cli, gen
     markdown = (results / "leaderboard.md").read_text()
     assert "submitted (synthetic data)" in markdown and "## Refused submissions" in markdown
     assert "tampered.json: refused" in markdown
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"schema": NaN}', "NaN is not a JSON number"),
+        ('{"schema": Infinity}', "Infinity is not a JSON number"),
+        ("[" * 100_000 + "]" * 100_000, "malformed JSON"),
+        ('{"n": ' + "9" * 5000 + "}", "malformed JSON"),
+        ("[1, 2]", "submission: must be a JSON object"),
+    ],
+    ids=["nan", "infinity", "deep", "huge-integer", "not-an-object"],
+)
+def test_hostile_json_is_rejected_not_a_traceback(tmp_path, text, expected):
+    from ovrsisbench.submission import read_submission
+
+    path = tmp_path / "hostile.json"
+    path.write_text(text)
+    verdict = read_submission(path)
+    assert not verdict.verified and expected in verdict.problems[0], verdict.problems
+
+
+def test_every_problem_is_reported_also_with_a_bad_adapter_block(genuine):
+    submission = copy.deepcopy(genuine)
+    submission["adapter"]["version"] = 3
+    edited_metric(submission)
+    found = problems(submission)
+    assert "adapter.version" in found and "mIoU" in found
+
+
+def test_a_module_class_adapter_submits_under_its_run_name(
+    cli, toy_adapters, synthetic_root, tmp_path
+):
+    from tests_helpers import run_toy
+
+    results = tmp_path / "results"
+    assert all(o.status == "done" for o in run_toy(toy_adapters, synthetic_root, results))
+    out = tmp_path / "toy.json"
+    model = f"{toy_adapters}:ColourAdapter"
+    done = cli("submit", "--model", model, "--out", out, "--results", results)
+    assert done.code == 0, done.err
+    submission = json.loads(out.read_text())
+    assert submission["adapter"]["name"] == model and submission["adapter"]["origin"] == model
+    assert verify_submission(submission).verified
+
+
+def test_leaderboard_placement_duplicates_and_same_named_protocols(cli, genuine, tmp_path):
+    """Copies of one submission make one row (the copy is refused); a protocol file reusing the
+    name 'demo' with other entries gets no submitted row; cells cannot break the table."""
+    results = tmp_path / "results"
+    folder = results / "submissions"
+    folder.mkdir(parents=True)
+    (folder / "a.json").write_text(json.dumps(genuine))
+    (folder / "b.json").write_text(json.dumps(genuine))
+    (folder / "dangling.json").symlink_to(tmp_path / "nowhere.json")
+    board = cli("leaderboard", "--protocol", "demo", "--results", results, "--format", "csv")
+    assert board.code == 0, board.err
+    assert board.out.count("submitted (synthetic data)") == 1
+    assert "b.json: refused: the same records as a.json" in board.err
+    assert "dangling.json: refused: unreadable" in board.err
+
+    swapped = yaml_protocol(tmp_path, reverse=True)
+    other = cli("leaderboard", "--protocol", swapped, "--results", results, "--format", "csv")
+    assert other.code == 0, other.err
+    assert "submitted" not in other.out
+
+    from ovrsisbench.leaderboard import _markdown_cell
+
+    assert _markdown_cell("a | b\n| c") == "a \\| b \\| c"
+
+
+def yaml_protocol(folder: Path, reverse: bool) -> Path:
+    """The demo protocol under its own name, its evaluation entries in another order."""
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files("ovrsisbench.protocols").joinpath("demo.yaml").read_text()
+    data = yaml.safe_load(text)
+    if reverse:
+        data["evaluation"].reverse()
+    path = folder / "demo-swapped.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_provenance_is_the_class_s_own_not_inherited():
+    from ovrsisbench.adapter import AdapterEntry
+    from ovrsisbench.adapters.maskclip import MaskCLIPAdapter
+
+    class MyCLIP(MaskCLIPAdapter):
+        name = "my-clip"
+
+    mine = AdapterEntry("my-clip", "my_module:MyCLIP", MyCLIP).provenance()
+    assert mine["source_url"] is None and mine["licence"] is None
+    builtin = AdapterEntry("maskclip", "built-in", MaskCLIPAdapter).provenance()
+    assert builtin["source_url"] == MaskCLIPAdapter.source_url
