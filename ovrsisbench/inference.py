@@ -119,3 +119,37 @@ def pad_to_multiple(images: Tensor, multiple: int, value: float = 0.0) -> Tensor
     if not pad_h and not pad_w:
         return images
     return F.pad(images, (0, pad_w, 0, pad_h), value=value)
+
+
+def catseg_slide_inference(
+    images: Tensor,
+    fn: ScoreFn,
+    out_size: Sequence[int] | None = None,
+    size: int = 640,
+    window: int = 384,
+    overlap: float = 0.333,
+    activation: Callable[[Tensor], Tensor] = torch.sigmoid,
+) -> Tensor:
+    """The Cat-Seg family's sliding window (CAT-Seg ``inference_sliding_window``), image by image
+    of (B, 3, H, W): resize to ``size`` x ``size`` (aspect ratio not kept); ``window`` crops with
+    stride ``int(window * (1 - overlap))`` (2 x 2 for the defaults) plus a global view (the image
+    resized to ``window``), all through ``fn`` as one batch; each output resized to ``window``,
+    then ``activation``; the crops folded and divided by their overlap count, averaged with the
+    global output resized to ``size``; finally resized to ``out_size`` (default: H x W).
+    Returns (B, K, *out_size)."""
+    out_size = tuple(images.shape[-2:]) if out_size is None else _pair(out_size)
+    stride = int(window * (1 - overlap))
+    unfold = torch.nn.Unfold(window, stride=stride)
+    fold = torch.nn.Fold((size, size), window, stride=stride)
+    count = fold(unfold(images.new_ones(1, 1, size, size)))
+    scores = []
+    for image in images:
+        crops = unfold(resize_to(image[None], size))[0].T.reshape(
+            -1, image.shape[0], window, window
+        )
+        views = torch.cat([crops, resize_to(image[None], window)])
+        out = activation(resize_to(fn(views), window))
+        folded = fold(out[:-1].flatten(1).T[None]) / count
+        merged = (folded + resize_to(out[-1:], size)) / 2
+        scores.append(resize_to(merged, out_size))
+    return torch.cat(scores)

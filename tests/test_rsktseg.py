@@ -5,23 +5,22 @@ checkpoints, and the adapter end to end."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tests_helpers import spec_keys
 
 from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
+from ovrsisbench.models.common.catseg_head import rotated_cosine_cost
 from ovrsisbench.models.rsktseg.checkpoint import (
     CheckpointMismatchError,
     load_original,
     to_original,
 )
-from ovrsisbench.models.rsktseg.head import TOP_LEVEL_CONV_NAMES, RSKTDecoder, rotated_cosine_cost
+from ovrsisbench.models.rsktseg.head import TOP_LEVEL_CONV_NAMES, RSKTDecoder
 from ovrsisbench.models.rsktseg.model import CONFIGS, RSKTSeg
-
-DATA = Path(__file__).parent / "data"
 
 # param_counts.md 1.2 / 1.4 / 1.5 (the original code, instantiated)
 FULL = {  # (backbone, N)
@@ -171,15 +170,6 @@ def test_a_missing_or_renamed_key_is_named(tiny):
         load_original(RSKTSeg(CONFIGS["tiny"]), renamed, tiny.unused_original_keys())
 
 
-def _spec_keys(name: str) -> dict[str, tuple[int, ...]]:
-    keys = {}
-    for line in (DATA / name).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape = line.split()[:2]
-            keys[key] = tuple(int(v) for v in shape.strip("[]").split(",") if v)
-    return keys
-
-
 class _Head(torch.nn.Module):
     """The new modules of the ViT-B model under our names: decoder + top-level convs."""
 
@@ -202,7 +192,7 @@ def _conv_args(conv: torch.nn.Module) -> dict:
 
 
 def test_a_synthesised_original_vitb_head_checkpoint_loads_with_no_missing_or_unexpected_key():
-    spec = _spec_keys("rsktseg_head_keys_vitb.txt")
+    spec = spec_keys("rsktseg_head_keys_vitb.txt")
     head = _Head()
     generator = torch.Generator().manual_seed(0)
     state = {key: torch.randn(shape, generator=generator) for key, shape in spec.items()}

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ovrsisbench.models.common.catseg_head import cosine_cost, rotated_cosine_cost
 from ovrsisbench.models.rsktseg.head import (
     FUSION_TYPES,
     TOP_LEVEL_CONV_NAMES,
@@ -18,9 +19,7 @@ from ovrsisbench.models.rsktseg.head import (
     RSKTDecoder,
     SpatialFusionBlock,
     build_top_level_convs,
-    cosine_cost,
     project_encoder_features,
-    rotated_cosine_cost,
 )
 
 DATA = Path(__file__).parent / "data"

@@ -505,7 +505,7 @@ def test_recipe_loss_trains_the_text_tower(recipe):
 
 def test_recipe_loss_normalises_the_images(recipe, monkeypatch):
     """The loss feeds the network CLIP-normalised images and the unit text embeddings."""
-    from ovrsisbench.adapters.rsktseg import CLIP_MEAN_255, CLIP_STD_255
+    from ovrsisbench.adapters.catseg_family import CLIP_MEAN_255, CLIP_STD_255
 
     seen = {}
     forward = recipe.module.forward

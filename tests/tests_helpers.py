@@ -30,3 +30,14 @@ def source_miou(adapter, data_root: Path, results: Path) -> float:
     [outcome] = evaluator.run(protocol.select(["synthetic-source"]))
     assert outcome.status == "done", outcome.error
     return outcome.record["metrics"]["mIoU"]
+
+
+def spec_keys(name: str) -> dict[str, tuple[int, ...]]:
+    """(original key -> shape) rows of a key list in tests/data (``key [shape] numel`` lines,
+    ``#`` comments), in file order."""
+    keys = {}
+    for line in (Path(__file__).parent / "data" / name).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, shape = line.split()[:2]
+            keys[key] = tuple(int(v) for v in shape.strip("[]").split(",") if v)
+    return keys

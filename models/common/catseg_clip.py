@@ -34,6 +34,7 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
+from .catseg_head import NUM_ROTATIONS
 from .dense_clip import (
     CheckpointMismatchError,
     build_clip,
@@ -45,6 +46,9 @@ from .split_attention import SplitQKVAttention, split_fused_state_dict, split_qk
 
 #: open_clip configs of the OpenAI CLIP models RSKT-Seg uses (QuickGELU, as OpenAI trained them).
 CATSEG_CLIP_ARCHS = {"ViT-B/16": "ViT-B-16-quickgelu", "ViT-L/14@336px": "ViT-L-14-336-quickgelu"}
+
+#: open_clip names of the released variants' CLIP (for tokenizers and pretrained tags).
+CLIP_NAMES = {"vit-b": "ViT-B-16", "vit-l": "ViT-L-14-336"}
 
 #: The architecture of RemoteCLIP-ViT-B-32 as the official RSKT-Seg code builds it.
 REMOTECLIP_ARCH = "ViT-B-32-quickgelu"
@@ -187,6 +191,32 @@ def dense_forward(
     x = catseg_dense_block(visual.transformer.resblocks[-1], x)
     x = visual.ln_post(x) @ visual.proj
     return tokens_to_map(x, grid), maps
+
+
+def rotated_dense_forward(
+    clip: nn.Module, images: Tensor, hooks: Sequence[int] = (3, 7), batched: bool = True
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``dense_forward`` of ``images`` and of its three quarter-turns (``rot90(k)``, k = 1..3).
+
+    Returns the four dense maps (each (B, C_out, h, w), k order, not rotated back) and the hooked
+    maps of the unrotated pass. ``batched``: one forward of the 4B images (the same outputs as
+    four passes, faster); otherwise four passes, as the original code runs them.
+    """
+    rotations = [torch.rot90(images, k, dims=(2, 3)) for k in range(NUM_ROTATIONS)]
+    if batched:
+        dense, blocks = dense_forward(clip, torch.cat(rotations), hooks)
+        batch = images.shape[0]
+        return list(dense.split(batch)), [block[:batch] for block in blocks]
+    passes = [dense_forward(clip, rotated, hooks) for rotated in rotations]
+    return [dense for dense, _ in passes], passes[0][1]
+
+
+def squash(images: Tensor, size: int) -> Tensor:
+    """Bilinear resize (align_corners=False) of (B, C, H, W) to ``size`` x ``size``: how the
+    Cat-Seg family feeds its encoders (aspect ratio not kept)."""
+    return nn.functional.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False
+    )
 
 
 def remote_hooks(

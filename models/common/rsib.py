@@ -50,6 +50,12 @@ RSIB_CONFIG: dict[str, Any] = {
 #: A tiny RSIB for tests: same 224 px / patch 8 (28x28 positional grid), width 32, depth 4.
 TINY_RSIB_CONFIG: dict[str, Any] = {**RSIB_CONFIG, "embed_dim": 32, "depth": 4, "num_heads": 2}
 
+#: The RSIB weights file (GSNet's release, used by GSNet and RSKT-Seg) and where to get it.
+RSIB_FILE = "RSIB.pth"
+RSIB_SOURCE = (
+    "Google Drive id 1kH0wDM_Hl4sEQJG8JjILCo0RTx65X7zV (GSNet's 'Specialist RSI Backbone')"
+)
+
 #: The bicubic scale factor hard-coded in GSNet/RSKT-Seg's DINO copy (48.1 / 28: 28 -> 48).
 RSIB_SCALE_FACTOR = 1.717857142857143
 

@@ -11,9 +11,21 @@ name, never dropped silently; any other difference fails and names the keys.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from torch import Tensor, nn
+from torch import Tensor
+
+from ..common.checkpoint import CheckpointMismatchError, OriginalKeys
+
+__all__ = [
+    "PREFIXES",
+    "CheckpointMismatchError",
+    "from_original",
+    "load_original",
+    "num_layers",
+    "to_original",
+    "unwrap",
+]
 
 #: original prefix -> ours (RemoteCLIP first: its prefix extends CLIP's).
 PREFIXES = (
@@ -22,39 +34,11 @@ PREFIXES = (
     ("sem_seg_head.predictor.transformer.", "decoder."),
     ("dino_model.", "dino."),
 )
-_SHOWN = 8
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose keys or shapes differ from the model's (the message names them)."""
-
-
-def _rename(key: str, pairs: Iterable[tuple[str, str]]) -> str:
-    for old, new in pairs:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
-
-
-def from_original(key: str) -> str:
-    """Our name of an original checkpoint key."""
-    return _rename(key, PREFIXES)
-
-
-def to_original(key: str) -> str:
-    """The original name of one of our keys."""
-    return _rename(key, ((new, old) for old, new in PREFIXES))
-
-
-def unwrap(checkpoint: Mapping) -> Mapping[str, Tensor]:
-    """The state dict, in original key names, of a detectron2 checkpoint (``{"model": ...}``),
-    a bare original state dict, or one of ours (``RSKTSeg.state_dict()``, e.g. from training)."""
-    model = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
-    state = model if isinstance(model, Mapping) else checkpoint
-    ours = tuple(new for _, new in PREFIXES)
-    if isinstance(state, Mapping) and any(str(key).startswith(ours) for key in state):
-        return {to_original(key): value for key, value in state.items()}
-    return state
+KEYS = OriginalKeys(PREFIXES)
+from_original = KEYS.from_original
+to_original = KEYS.to_original
+unwrap = KEYS.unwrap
+load_original = KEYS.load
 
 
 def num_layers(state: Mapping[str, Tensor]) -> int:
@@ -65,39 +49,3 @@ def num_layers(state: Mapping[str, Tensor]) -> int:
         if (match := re.match(r"sem_seg_head\.predictor\.transformer\.layers\.(\d+)\.", key))
     }
     return max(found) + 1 if found else 0
-
-
-def _listing(keys: Iterable[str]) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:_SHOWN])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > _SHOWN else "")
-
-
-def load_original(model: nn.Module, checkpoint: Mapping, unused: Iterable[str] = ()) -> list[str]:
-    """Load an original-format checkpoint strictly into ``model``; return the ``unused`` keys
-    it holds (original names of modules the model leaves out on purpose).
-
-    Raises CheckpointMismatchError naming missing keys, unexpected keys and shape mismatches.
-    """
-    state = unwrap(checkpoint)
-    unused = set(unused)
-    expected = model.state_dict()
-    mapped = {from_original(key): value for key, value in state.items() if key not in unused}
-    missing = [to_original(key) for key in expected if key not in mapped]
-    unexpected = [key for key in state if key not in unused and from_original(key) not in expected]
-    shapes = [
-        f"{to_original(key)} {tuple(value.shape)} (model {tuple(expected[key].shape)})"
-        for key, value in mapped.items()
-        if key in expected and tuple(value.shape) != tuple(expected[key].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches: {_listing(shapes)}")
-    if problems:
-        raise CheckpointMismatchError("; ".join(problems))
-    model.load_state_dict(mapped, strict=True)
-    return sorted(key for key in state if key in unused)

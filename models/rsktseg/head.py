@@ -29,6 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..common.catseg_head import (
+    NUM_ROTATIONS,
+    DoubleConv,
+    guidance_projections,
+    separate_sigmoid_fusion,
+)
+
 #: The cost-embedding variants of the official ``FUSION_TYPE`` (the released configs use
 #: ``simple_separate``).
 FUSION_TYPES = ("simple_separate", "simple_concatenation", "simple_mean")
@@ -43,38 +50,6 @@ TOP_LEVEL_CONV_NAMES = (
     "dino_decod_proj2",
     "dino_down_sample",
 )
-
-#: Number of rotations (0, 90, 180, 270 degrees) stacked in the CLIP cost.
-NUM_ROTATIONS = 4
-
-
-# -- costs ------------------------------------------------------------------------------------
-def cosine_cost(features: Tensor, text: Tensor) -> Tensor:
-    """Cosine cost (B, P, T, h, w) of a dense map (B, C, h, w) and text (B, T, P, C).
-
-    Both sides are L2-normalised over C first (the official ``correlation``).
-    """
-    features = F.normalize(features, dim=1)
-    text = F.normalize(text, dim=-1)
-    return torch.einsum("bchw,btpc->bpthw", features, text)
-
-
-def rotated_cosine_cost(features: Sequence[Tensor], text: Tensor) -> Tensor:
-    """Cosine costs (B, 4P, T, h, w) of the four rotated CLIP passes (official RS-CMA).
-
-    ``features[k]`` (B, C, h, w) is the dense map of the input rotated by ``rot90(k)``; it is
-    L2-normalised and rotated back by ``rot90(4 - k)`` so that all four maps are aligned; the
-    channel axis is rotation-major (rotation, prompt), as the official ``correlation_rotate``.
-    """
-    if len(features) != NUM_ROTATIONS:
-        raise ValueError(f"expected {NUM_ROTATIONS} rotated maps, got {len(features)}")
-    maps = [
-        torch.rot90(F.normalize(f, dim=1), k=(NUM_ROTATIONS - k) % NUM_ROTATIONS, dims=(2, 3))
-        for k, f in enumerate(features)
-    ]
-    text = F.normalize(text, dim=-1)
-    cost = torch.einsum("bnchw,btpc->bnpthw", torch.stack(maps, dim=1), text)
-    return cost.flatten(1, 2)
 
 
 # -- RS-Fusion: the efficient aggregator --------------------------------------------------------
@@ -320,25 +295,6 @@ class EffAggregatorLayer(nn.Module):
 
 
 # -- RS-Transfer decoder ------------------------------------------------------------------------
-class DoubleConv(nn.Module):
-    """[Conv3x3 (no bias) -> GroupNorm(out / 16 groups) -> ReLU] x 2."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        groups = out_channels // 16
-        self.double_conv = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.GroupNorm(groups, out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.GroupNorm(groups, out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.double_conv(x)
-
-
 class RSKTUpsample(nn.Module):
     """One decoder stage (the official ``RSKT_Upsample`` with CLIP, RemoteCLIP and DINO on).
 
@@ -360,13 +316,6 @@ class RSKTUpsample(nn.Module):
         classes = x.shape[0] // guidance[0].shape[0]
         parts = [x] + [g.repeat_interleave(classes, dim=0) for g in guidance]
         return self.conv(torch.cat(parts, dim=1))
-
-
-def _guidance_projections(in_dims: Sequence[int], out_dims: Sequence[int]) -> nn.ModuleList:
-    return nn.ModuleList(
-        nn.Sequential(nn.Conv2d(d, dp, kernel_size=3, stride=1, padding=1), nn.ReLU())
-        for d, dp in zip(in_dims, out_dims, strict=True)
-    )
 
 
 class RSKTDecoder(nn.Module):
@@ -424,18 +373,18 @@ class RSKTDecoder(nn.Module):
             nn.Conv2d(clip_dim, hidden_dim, kernel_size=3, stride=1, padding=1), nn.ReLU()
         )
         self.text_guidance_projection = nn.Sequential(nn.Linear(clip_dim, hidden_dim), nn.ReLU())
-        self.CLIP_decoder_guidance_projection = _guidance_projections(
+        self.CLIP_decoder_guidance_projection = guidance_projections(
             decoder_guidance_dims, decoder_guidance_proj_dims
         )
         cost_channels = {"simple_separate": NUM_ROTATIONS, "simple_concatenation": 5}
         self.conv1 = nn.Conv2d(cost_channels.get(fusion, 1), hidden_dim, kernel_size=7, padding=3)
-        self.CLIP_decoder_guidance_projection_remote = _guidance_projections(
+        self.CLIP_decoder_guidance_projection_remote = guidance_projections(
             decoder_guidance_dims, decoder_guidance_proj_dims
         )
         if fusion == "simple_separate":
             self.conv2 = nn.Conv2d(1, hidden_dim, kernel_size=7, padding=3)
             self.fusion_corr = nn.Conv2d(2 * hidden_dim, hidden_dim, kernel_size=7, padding=3)
-        self.DINO_decoder_guidance_projection = _guidance_projections(
+        self.DINO_decoder_guidance_projection = guidance_projections(
             decoder_guidance_dims, decoder_guidance_proj_dims
         )
         self.Fusiondecoder1 = RSKTUpsample(
@@ -455,10 +404,9 @@ class RSKTDecoder(nn.Module):
 
         clip_cost, dino_cost = per_class(clip_cost), per_class(dino_cost)
         if self.fusion == "simple_separate":
-            clip_embed = torch.sigmoid(self.conv1(clip_cost))
-            dino_embed = torch.sigmoid(self.conv2(dino_cost))
-            fused = torch.sigmoid(self.fusion_corr(torch.cat([clip_embed, dino_embed], dim=1)))
-            embed = fused + clip_embed
+            embed = separate_sigmoid_fusion(
+                self.conv1, self.conv2, self.fusion_corr, clip_cost, dino_cost
+            )
         elif self.fusion == "simple_concatenation":
             embed = self.conv1(torch.cat([clip_cost, dino_cost], dim=1))
         else:  # simple_mean

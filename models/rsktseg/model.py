@@ -27,21 +27,20 @@ from ..common.catseg_clip import (
     TINY_CATSEG_CONFIG,
     build_catseg_clip,
     build_remoteclip,
-    dense_forward,
     encode_text,
     remote_hooks,
+    rotated_dense_forward,
+    squash,
 )
+from ..common.catseg_head import cosine_cost, rotated_cosine_cost
 from ..common.rsib import RSIB_CONFIG, TINY_RSIB_CONFIG, build_rsib, rsib_intermediate
 from ..common.split_attention import set_clip_finetune_attention
 from .checkpoint import PREFIXES
 from .head import (
-    NUM_ROTATIONS,
     TOP_LEVEL_CONV_NAMES,
     RSKTDecoder,
     build_top_level_convs,
-    cosine_cost,
     project_encoder_features,
-    rotated_cosine_cost,
 )
 
 #: A tiny OpenAI-style ViT/32 standing in for RemoteCLIP in tests (128 px -> 4x4 grid).
@@ -91,13 +90,6 @@ CONFIGS: dict[str, RSKTSegConfig] = {
         dino_indices=(1, 2, 3),
     ),
 }
-
-#: open_clip names of the released variants' CLIP (for tokenizers and pretrained tags).
-CLIP_NAMES = {"vit-b": "ViT-B-16", "vit-l": "ViT-L-14-336"}
-
-
-def _squash(images: Tensor, size: int) -> Tensor:
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
 
 
 class RSKTSeg(nn.Module):
@@ -155,25 +147,20 @@ class RSKTSeg(nn.Module):
     def clip_dense(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Dense maps of the four rotations (each (B, C, h, w), not rotated back) and the hooked
         blocks of the unrotated pass, from CLIP-sized images."""
-        hooks = self.config.clip_hooks
-        rotations = [torch.rot90(images, k, dims=(2, 3)) for k in range(NUM_ROTATIONS)]
-        if self.batched_rotations:
-            dense, blocks = dense_forward(self.clip, torch.cat(rotations), hooks)
-            batch = images.shape[0]
-            return list(dense.split(batch)), [block[:batch] for block in blocks]
-        passes = [dense_forward(self.clip, rotated, hooks) for rotated in rotations]
-        return [dense for dense, _ in passes], passes[0][1]
+        return rotated_dense_forward(
+            self.clip, images, self.config.clip_hooks, self.batched_rotations
+        )
 
     def forward(self, images: Tensor, text: Tensor) -> Tensor:
         """Logits (B, T, 4h, 4w) of CLIP-normalised, padded ``images`` (B, 3, H, W) for the
         L2-normalised ``text`` embeddings (T, C)."""
         config = self.config
-        dense, clip_blocks = self.clip_dense(_squash(images, config.clip_size))
+        dense, clip_blocks = self.clip_dense(squash(images, config.clip_size))
         remote_blocks = remote_hooks(
-            self.remoteclip, _squash(images, config.remote_size), config.remote_hooks
+            self.remoteclip, squash(images, config.remote_size), config.remote_hooks
         )
         dino_blocks = rsib_intermediate(
-            self.dino, _squash(images, config.dino_size), config.dino_indices
+            self.dino, squash(images, config.dino_size), config.dino_indices
         )
         convs = dict(self.named_children())
         stage1, stage2, dino_map = project_encoder_features(

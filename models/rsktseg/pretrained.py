@@ -20,10 +20,6 @@ from .model import RSKTSeg
 #: Files RSKT-Seg's encoders come from, and where users get them.
 REMOTECLIP_FILE = "RemoteCLIP-ViT-B-32.pt"
 REMOTECLIP_SOURCE = "https://huggingface.co/chendelong/RemoteCLIP"
-RSIB_FILE = "RSIB.pth"
-RSIB_SOURCE = (
-    "Google Drive id 1kH0wDM_Hl4sEQJG8JjILCo0RTx65X7zV (GSNet's 'Specialist RSI Backbone')"
-)
 
 
 def load_pretrained_encoders(
