@@ -1,0 +1,1 @@
+"""Cat-Seg (Cho et al., CVPR 2024): CLIP cost volume, CAT-Seg aggregation, upsampling decoder."""
