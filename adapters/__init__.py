@@ -1,10 +1,16 @@
 """Built-in adapters: one thin module per model (registration, options, weights, protocol glue)."""
 
 from ovrsisbench.adapter import Adapter
+from ovrsisbench.adapters.catseg import CatSegAdapter
+from ovrsisbench.adapters.gsnet import GSNetAdapter
 from ovrsisbench.adapters.maskclip import MaskCLIPAdapter
+from ovrsisbench.adapters.ovrs import OVRSAdapter
 from ovrsisbench.adapters.rsktseg import RSKTSegAdapter
 
 BUILTINS: dict[str, type[Adapter]] = {
+    "catseg": CatSegAdapter,
+    "gsnet": GSNetAdapter,
     "maskclip": MaskCLIPAdapter,
+    "ovrs": OVRSAdapter,
     "rsktseg": RSKTSegAdapter,
 }

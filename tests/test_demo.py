@@ -36,9 +36,12 @@ def test_demo_trains_evaluates_and_reruns_without_redoing(short_demo_training, t
     assert "trained on synthetic-source for 3 iterations" in text
     assert re.search(r"loss \d\.\d{3} -> \d\.\d{3}", text)
     first = records(tmp_path)
-    # maskclip and the untrained and trained rsktseg, on both datasets
+    # every built-in with demo options (untrained) and the trained rsktseg, on both datasets
+    from ovrsisbench.adapters import BUILTINS
+
+    in_demo = [name for name, cls in BUILTINS.items() if cls.demo_options is not None]
     by_model = sorted((r["model"], r["weights_sha256"] is not None) for r in first.values())
-    assert len(first) == 6 and by_model.count(("rsktseg", True)) == 4
+    assert len(first) == 2 * (len(in_demo) + 1) and by_model.count(("rsktseg", True)) == 4
     weights = tmp_path / "train" / "rsktseg" / "final.safetensors"
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     trained = [r for r in first.values() if r["weights_sha256"] == sha]
