@@ -58,7 +58,7 @@ class GSNetAdapter(CatSegAdapter):
     training_defaults = TRAINING_DEFAULTS
     default_options = {
         **CatSegAdapter.default_options,
-        "backbone": "vit-b",
+        "backbone": None,  # from the checkpoint (vit-b without one)
         "weights_dir": None,  # where RSIB.pth is [$OVRSISBENCH_WEIGHTS]
         "rsib_weights": None,  # RSIB.pth, for a checkpoint without DINO weights or init=pretrained
     }
@@ -66,7 +66,7 @@ class GSNetAdapter(CatSegAdapter):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         backbone = self.options["backbone"]
-        if backbone not in CONFIGS:
+        if backbone is not None and backbone not in CONFIGS:
             extra = " (the original code has no ViT-L configuration)" if backbone == "vit-l" else ""
             raise UserError(
                 f"gsnet option backbone={backbone!r}{extra}; choose: {', '.join(CONFIGS)}"
