@@ -396,11 +396,16 @@ class DoubleConv(nn.Module):
 
 
 class Up(nn.Module):
-    """One CAT-Seg decoder stage: ``up`` = ConvTranspose2d(in -> in - g, k2, s2), the projected
-    guidance (g channels, repeated over the classes) concatenated, ``conv`` = DoubleConv(in ->
-    out). Subclasses may re-weight the guidance first (:meth:`reweight`, OVRS)."""
+    """One decoder stage of the CAT-Seg family: ``up`` = ConvTranspose2d(in -> in - g, k2, s2),
+    the projected guidance of each of ``sources`` encoders (g channels each, repeated over the
+    classes) concatenated in order, ``conv`` = DoubleConv(in - g + sources * g -> out).
+    Cat-Seg has one source (CLIP), GSNet's ``FusionUP`` two (CLIP, DINO), RSKT-Seg's
+    ``RSKT_Upsample`` three (CLIP, RemoteCLIP, DINO). Subclasses may re-weight each guidance
+    first (:meth:`reweight`, OVRS)."""
 
-    def __init__(self, in_channels: int, out_channels: int, guidance_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, guidance_channels: int, sources: int = 1
+    ) -> None:
         super().__init__()
         if in_channels <= guidance_channels:
             raise ValueError(
@@ -409,20 +414,22 @@ class Up(nn.Module):
         self.up = nn.ConvTranspose2d(
             in_channels, in_channels - guidance_channels, kernel_size=2, stride=2
         )
-        self.conv = DoubleConv(in_channels, out_channels)
+        self.conv = DoubleConv(in_channels + (sources - 1) * guidance_channels, out_channels)
 
     def reweight(self, x: Tensor, guidance: Tensor) -> Tensor:
         """The guidance (B, g, 2H, 2W) to concatenate, given the upsampled x (B*T, in - g, ...)."""
         return guidance
 
-    def forward(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
-        """x (B*T, in, H, W), guidance (B, g, 2H, 2W) or None -> (B*T, out, 2H, 2W)."""
+    def forward(self, x: Tensor, guidance: Tensor | Sequence[Tensor] | None = None) -> Tensor:
+        """x (B*T, in, H, W), guidance (B, g, 2H, 2W) per source (one tensor, a sequence, or
+        None for no guidance) -> (B*T, out, 2H, 2W)."""
         x = self.up(x)
-        if guidance is not None:
-            classes = x.shape[0] // guidance.shape[0]
-            guidance = self.reweight(x, guidance).repeat_interleave(classes, dim=0)
-            x = torch.cat([x, guidance], dim=1)
-        return self.conv(x)
+        sources = [guidance] if isinstance(guidance, Tensor) else list(guidance or [])
+        parts = [x]
+        for source in sources:
+            classes = x.shape[0] // source.shape[0]
+            parts.append(self.reweight(x, source).repeat_interleave(classes, dim=0))
+        return self.conv(torch.cat(parts, dim=1))
 
 
 def guidance_projections(in_dims: Sequence[int], out_dims: Sequence[int]) -> nn.ModuleList:

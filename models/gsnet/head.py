@@ -14,45 +14,23 @@ CLIP width, 512; D = ``hidden_dim`` = 128):
   CLIP embedding -> (B, D, T, h, w);
 - ``num_layers`` Cat-Seg aggregator layers (Swin over each class map, linear attention across
   the classes) -> (B, D, T, h, w);
-- decoder on the B*T maps: two ``FusionUp`` stages, each concatenating the projected CLIP and
-  DINO guidance, (D, h, w) -> (64, 2h, 2w) -> (32, 4h, 4w) -> logits (B, T, 4h, 4w).
+- decoder on the B*T maps: two ``Up`` stages (the original ``FusionUP``), each concatenating
+  the projected CLIP and DINO guidance, (D, h, w) -> (64, 2h, 2w) -> (32, 4h, 4w) -> logits
+  (B, T, 4h, 4w).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..common.catseg_head import (
     AggregatorLayer,
-    DoubleConv,
+    Up,
     guidance_projections,
     separate_sigmoid_fusion,
 )
-
-
-class FusionUp(nn.Module):
-    """One decoder stage (the original ``FusionUP``): ``up`` = ConvTranspose2d(in -> in - g, k2,
-    s2); the CLIP and the DINO guidance (g channels each, repeated over the classes) are
-    concatenated in that order; ``conv`` = DoubleConv(in + g -> out)."""
-
-    def __init__(self, in_channels: int, out_channels: int, guidance_channels: int) -> None:
-        super().__init__()
-        if in_channels <= guidance_channels:
-            raise ValueError(f"in_channels {in_channels} must exceed the guidance width")
-        self.up = nn.ConvTranspose2d(
-            in_channels, in_channels - guidance_channels, kernel_size=2, stride=2
-        )
-        self.conv = DoubleConv(in_channels + guidance_channels, out_channels)
-
-    def forward(self, x: Tensor, clip_guidance: Tensor, dino_guidance: Tensor) -> Tensor:
-        """x (B*T, in, H, W), guidance 2 x (B, g, 2H, 2W) -> (B*T, out, 2H, 2W)."""
-        x = self.up(x)
-        classes = x.shape[0] // clip_guidance.shape[0]
-        guidance = [g.repeat_interleave(classes, dim=0) for g in (clip_guidance, dino_guidance)]
-        return self.conv(torch.cat([x, *guidance], dim=1))
 
 
 class RIPD(nn.Module):
@@ -120,10 +98,9 @@ class RIPD(nn.Module):
         self.DINO_decoder_guidance_projection = guidance_projections(
             decoder_guidance_dims, decoder_guidance_proj_dims
         )
-        self.Fusiondecoder1 = FusionUp(hidden_dim, decoder_dims[0], decoder_guidance_proj_dims[0])
-        self.Fusiondecoder2 = FusionUp(
-            decoder_dims[0], decoder_dims[1], decoder_guidance_proj_dims[1]
-        )
+        # the original FusionUP: CLIP and DINO guidance
+        self.Fusiondecoder1 = Up(hidden_dim, decoder_dims[0], decoder_guidance_proj_dims[0], 2)
+        self.Fusiondecoder2 = Up(decoder_dims[0], decoder_dims[1], decoder_guidance_proj_dims[1], 2)
         self.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, stride=1, padding=1)
 
     def embed_costs(self, clip_cost: Tensor, dino_cost: Tensor) -> Tensor:
@@ -177,7 +154,7 @@ class RIPD(nn.Module):
             x = layer(x, appearance_guidance, text_guidance)
 
         x = x.transpose(1, 2).reshape(batch * classes, self.hidden_dim, height, width)
-        x = self.Fusiondecoder1(x, clip_g[0], dino_g[0])
-        x = self.Fusiondecoder2(x, clip_g[1], dino_g[1])
+        x = self.Fusiondecoder1(x, [clip_g[0], dino_g[0]])
+        x = self.Fusiondecoder2(x, [clip_g[1], dino_g[1]])
         x = self.head(x)
         return x.reshape(batch, classes, x.shape[-2], x.shape[-1])

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..common.catseg_head import (
     NUM_ROTATIONS,
-    DoubleConv,
+    Up,
     guidance_projections,
     separate_sigmoid_fusion,
 )
@@ -295,29 +295,6 @@ class EffAggregatorLayer(nn.Module):
 
 
 # -- RS-Transfer decoder ------------------------------------------------------------------------
-class RSKTUpsample(nn.Module):
-    """One decoder stage (the official ``RSKT_Upsample`` with CLIP, RemoteCLIP and DINO on).
-
-    ``up`` = ConvTranspose2d(in -> in - g, k2, s2); the three projected guidance maps (g
-    channels each, CLIP, RemoteCLIP, DINO in that order, repeated over the classes) are
-    concatenated; then ``conv`` = DoubleConv(in + 2g -> out).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, guidance_channels: int) -> None:
-        super().__init__()
-        self.up = nn.ConvTranspose2d(
-            in_channels, in_channels - guidance_channels, kernel_size=2, stride=2
-        )
-        self.conv = DoubleConv(in_channels + 2 * guidance_channels, out_channels)
-
-    def forward(self, x: Tensor, guidance: Sequence[Tensor]) -> Tensor:
-        """x (B*T, in, H, W), guidance: 3 x (B, g, 2H, 2W) -> (B*T, out, 2H, 2W)."""
-        x = self.up(x)
-        classes = x.shape[0] // guidance[0].shape[0]
-        parts = [x] + [g.repeat_interleave(classes, dim=0) for g in guidance]
-        return self.conv(torch.cat(parts, dim=1))
-
-
 class RSKTDecoder(nn.Module):
     """RSKT-Seg's head: the official ``RSKT_Decoder`` (checkpoint prefix
     ``sem_seg_head.predictor.transformer.``) in its released configuration (rotations, RemoteCLIP
@@ -387,12 +364,9 @@ class RSKTDecoder(nn.Module):
         self.DINO_decoder_guidance_projection = guidance_projections(
             decoder_guidance_dims, decoder_guidance_proj_dims
         )
-        self.Fusiondecoder1 = RSKTUpsample(
-            hidden_dim, decoder_dims[0], decoder_guidance_proj_dims[0]
-        )
-        self.Fusiondecoder2 = RSKTUpsample(
-            decoder_dims[0], decoder_dims[1], decoder_guidance_proj_dims[1]
-        )
+        # the official RSKT_Upsample: CLIP, RemoteCLIP and DINO guidance
+        self.Fusiondecoder1 = Up(hidden_dim, decoder_dims[0], decoder_guidance_proj_dims[0], 3)
+        self.Fusiondecoder2 = Up(decoder_dims[0], decoder_dims[1], decoder_guidance_proj_dims[1], 3)
         self.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, stride=1, padding=1)
 
     def embed_costs(self, clip_cost: Tensor, dino_cost: Tensor) -> Tensor:
