@@ -27,7 +27,7 @@ from ..common.catseg_clip import (
     encode_text,
     squash,
 )
-from ..common.catseg_head import DECODER_GUIDANCE_DIMS, CatSegAggregator, set_pooling
+from ..common.catseg_head import CatSegAggregator, clip_upsamplers, set_pooling
 from ..common.split_attention import set_clip_finetune_attention
 
 
@@ -87,8 +87,8 @@ class CatSeg(nn.Module):
                 pad_len=config.pad_len,
             )
             # the hooked blocks (B, width, h, w) -> (B, 256, 2h, 2w) / (B, 128, 4h, 4w)
-            self.upsample1 = nn.ConvTranspose2d(width, DECODER_GUIDANCE_DIMS[0], 2, stride=2)
-            self.upsample2 = nn.ConvTranspose2d(width, DECODER_GUIDANCE_DIMS[1], 4, stride=4)
+            for name, conv in clip_upsamplers(width).items():
+                self.add_module(name, conv)
         self.set_trainable()
 
     def set_trainable(self) -> None:

@@ -432,6 +432,28 @@ class Up(nn.Module):
         return self.conv(torch.cat(parts, dim=1))
 
 
+def clip_upsamplers(width: int) -> dict[str, nn.Module]:
+    """The original ``upsample1`` / ``upsample2``: the two hooked encoder blocks (B, width, h, w)
+    -> decoder guidance (B, 256, 2h, 2w) and (B, 128, 4h, 4w)."""
+    return {
+        "upsample1": nn.ConvTranspose2d(width, DECODER_GUIDANCE_DIMS[0], kernel_size=2, stride=2),
+        "upsample2": nn.ConvTranspose2d(width, DECODER_GUIDANCE_DIMS[1], kernel_size=4, stride=4),
+    }
+
+
+def dino_projections(dino_width: int, clip_dim: int) -> dict[str, nn.Module]:
+    """GSNet's (and RSKT-Seg's) DINO convs: ``dino_decod_proj1`` (B, W, 2h, 2w) -> (B, 256, 2h,
+    2w), ``dino_decod_proj2`` -> (B, 128, 4h, 4w), ``dino_down_sample`` -> (B, C, h, w) for the
+    DINO cost in the text space."""
+    return {
+        "dino_decod_proj1": nn.Conv2d(dino_width, DECODER_GUIDANCE_DIMS[0], kernel_size=1),
+        "dino_decod_proj2": nn.ConvTranspose2d(
+            dino_width, DECODER_GUIDANCE_DIMS[1], kernel_size=2, stride=2
+        ),
+        "dino_down_sample": nn.Conv2d(dino_width, clip_dim, kernel_size=2, stride=2),
+    }
+
+
 def guidance_projections(in_dims: Sequence[int], out_dims: Sequence[int]) -> nn.ModuleList:
     """One Conv3x3 + ReLU per decoder guidance map (``in_dims[i]`` -> ``out_dims[i]``)."""
     return nn.ModuleList(

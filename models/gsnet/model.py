@@ -39,10 +39,14 @@ from ..common.catseg_clip import (
     encode_text,
     squash,
 )
-from ..common.catseg_head import cosine_cost, set_pooling
+from ..common.catseg_head import (
+    clip_upsamplers,
+    cosine_cost,
+    dino_projections,
+    set_pooling,
+)
 from ..common.rsib import RSIB_CONFIG, TINY_RSIB_CONFIG, build_rsib, rsib_intermediate
 from ..common.split_attention import set_clip_finetune_attention
-from ..rsktseg.head import build_top_level_convs
 from .head import RIPD
 
 #: The original's top-level projection convs, in registration order.
@@ -106,11 +110,10 @@ class GSNet(nn.Module):
                 window_size=config.window_size,
                 pooling_size=config.pooling_size,
             )
-            convs = build_top_level_convs(
-                clip_width=self.clip.visual.transformer.width,
-                clip_dim=clip_dim,
-                dino_width=config.dino_config["embed_dim"],
-            )
+            convs = {
+                **clip_upsamplers(self.clip.visual.transformer.width),
+                **dino_projections(config.dino_config["embed_dim"], clip_dim),
+            }
         for name in TOP_LEVEL_CONV_NAMES:
             self.add_module(name, convs[name])
         self.set_trainable()

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from ..common.catseg_head import (
     NUM_ROTATIONS,
     Up,
+    clip_upsamplers,
+    dino_projections,
     guidance_projections,
     separate_sigmoid_fusion,
 )
@@ -454,18 +456,8 @@ def build_top_level_convs(
         remote_width: residual width of RemoteCLIP ViT-B/32 (768).
         dino_width: width of DINO ViT-B/8 (768).
     """
-    return {
-        # CLIP hooks (B, clip_width, h, w) -> (B, 256, 2h, 2w) / (B, 128, 4h, 4w)
-        "upsample1": nn.ConvTranspose2d(clip_width, 256, kernel_size=2, stride=2),
-        "upsample2": nn.ConvTranspose2d(clip_width, 128, kernel_size=4, stride=4),
-        # RemoteCLIP hooks (B, remote_width, h, w) -> likewise
-        "upsample1_remote": nn.ConvTranspose2d(remote_width, 256, kernel_size=2, stride=2),
-        "upsample2_remote": nn.ConvTranspose2d(remote_width, 128, kernel_size=4, stride=4),
-        # DINO blocks (B, dino_width, 2h, 2w) -> (B, 256, 2h, 2w) / (B, 128, 4h, 4w) / (B, C, h, w)
-        "dino_decod_proj1": nn.Conv2d(dino_width, 256, kernel_size=1, stride=1, padding=0),
-        "dino_decod_proj2": nn.ConvTranspose2d(dino_width, 128, kernel_size=2, stride=2),
-        "dino_down_sample": nn.Conv2d(dino_width, clip_dim, kernel_size=2, stride=2, padding=0),
-    }
+    remote = {f"{name}_remote": conv for name, conv in clip_upsamplers(remote_width).items()}
+    return {**clip_upsamplers(clip_width), **remote, **dino_projections(dino_width, clip_dim)}
 
 
 def project_encoder_features(
