@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ovrsisbench.adapter import file_sha256, state_dict_sha256, weights_cache
+from ovrsisbench.adapter import file_sha256, weights_cache
 from ovrsisbench.adapters.catseg_family import (
     COMMON_CHOICES,
     COMMON_OPTIONS,
@@ -112,35 +112,27 @@ class CatSegAdapter(CatSegFamilyAdapter):
         network.set_trainable()
         return network
 
-    def load(self, weights: Path | None, device: torch.device | str) -> None:
-        if weights is None and self.options["init"] == "pretrained":
-            network = self._pretrained()
-            self._sha256 = state_dict_sha256(network)
-        elif weights is None:
-            if self.options["backbone"] != "tiny":
-                raise UserError(
-                    f"{self.name} needs a trained checkpoint: --weights FILE (the authors' "
-                    "release or one trained with ovrsisbench), or -o init=pretrained to start "
-                    "training from CLIP; -o backbone=tiny runs a small random model instead"
-                )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.options["seed"])
-                network = self._network(self._config("tiny"), "cpu")
-            self._sha256 = state_dict_sha256(network)
-        else:
-            state = read_checkpoint(Path(weights), self.name, KEYS)
-            backbone = checkpoint_backbone(
-                self.name, "a Cat-Seg-format", state, Path(weights), self.options["backbone"]
-            )
-            network = self._network(self._config(backbone), "cpu")
-            try:
-                KEYS.load(network, state)
-            except CheckpointMismatchError as error:
-                raise UserError(
-                    f"{self.name}: {weights} does not fit {backbone}: {error}"
-                ) from None
-            self._sha256 = file_sha256(Path(weights))
-        self.use_network(network.to(device).eval())
+    no_weights_message = (
+        "needs a trained checkpoint: --weights FILE (the authors' release or one trained with "
+        "ovrsisbench), or -o init=pretrained to start training from CLIP; -o backbone=tiny runs "
+        "a small random model instead"
+    )
+
+    def _tiny_network(self) -> CatSeg:
+        return self._network(self._config("tiny"), "cpu")
+
+    def _from_checkpoint(self, path: Path) -> CatSeg:
+        state = read_checkpoint(path, self.name, KEYS)
+        backbone = checkpoint_backbone(
+            self.name, "a Cat-Seg-format", state, path, self.options["backbone"]
+        )
+        network = self._network(self._config(backbone), "cpu")
+        try:
+            KEYS.load(network, state)
+        except CheckpointMismatchError as error:
+            raise UserError(f"{self.name}: {path} does not fit {backbone}: {error}") from None
+        self._sha256 = file_sha256(path)
+        return network
 
     # -- inference and training -----------------------------------------------------------------
     def prepare_inference(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ovrsisbench.adapter import PromptAdapter, TrainingRecipe
+from ovrsisbench.adapter import PromptAdapter, TrainingRecipe, state_dict_sha256
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     catseg_slide_inference,
@@ -188,6 +188,37 @@ class CatSegFamilyAdapter(PromptAdapter):
     def prompts(self, classes: list[list[str]]) -> list[str]:
         """One prompt per class: its first name in the template."""
         return [self.options["template"].format(names[0]) for names in classes]
+
+    # -- weights ----------------------------------------------------------------------------------
+    #: What ``load`` says when a full-size backbone has neither weights nor ``init=pretrained``.
+    no_weights_message: str = ""
+
+    def load(self, weights: Path | None, device: torch.device | str) -> None:
+        """A checkpoint (``_from_checkpoint``), the pretrained encoders (``init=pretrained``:
+        ``_pretrained``) or, with ``backbone=tiny``, a random network seeded by ``seed``
+        (``_tiny_network``); subclasses implement those three."""
+        if weights is not None:
+            network = self._from_checkpoint(Path(weights))  # sets _sha256 (the file's)
+        elif self.options["init"] == "pretrained":
+            network = self._pretrained()
+            self._sha256 = state_dict_sha256(network)
+        elif self.options["backbone"] == "tiny":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.options["seed"])
+                network = self._tiny_network()
+            self._sha256 = state_dict_sha256(network)
+        else:
+            raise UserError(f"{self.name} {self.no_weights_message}")
+        self.use_network(network.to(device).eval())
+
+    def _from_checkpoint(self, path: Path) -> nn.Module:
+        raise NotImplementedError
+
+    def _pretrained(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _tiny_network(self) -> nn.Module:
+        raise NotImplementedError
 
     def embed_classes(self) -> None:
         network = self.network

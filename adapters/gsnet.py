@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import file_sha256, json_sha256, state_dict_sha256, weights_cache
+from ovrsisbench.adapter import file_sha256, json_sha256, weights_cache
 from ovrsisbench.adapters.catseg import CatSegAdapter
 from ovrsisbench.adapters.catseg_family import (
     SOLVER_DEFAULTS,
@@ -131,24 +131,11 @@ class GSNetAdapter(CatSegAdapter):
         self._sha256 = hashes[0] if len(hashes) == 1 else json_sha256(hashes)
         return network
 
-    def load(self, weights: Path | None, device: torch.device | str) -> None:
-        if weights is not None:
-            network = self._from_checkpoint(Path(weights))
-        elif self.options["init"] == "pretrained":
-            network = self._pretrained()
-            self._sha256 = state_dict_sha256(network)
-        elif self.options["backbone"] == "tiny":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.options["seed"])
-                network = self._network(self._config("tiny"), "cpu")
-            self._sha256 = state_dict_sha256(network)
-        else:
-            raise UserError(
-                "gsnet needs a trained checkpoint: --weights model_0029999.pth (the authors' "
-                "release) or one trained with ovrsisbench, or -o init=pretrained to start "
-                "training from CLIP and RSIB; -o backbone=tiny runs a small random model instead"
-            )
-        self.use_network(network.to(device).eval())
+    no_weights_message = (
+        "needs a trained checkpoint: --weights model_0029999.pth (the authors' release) or one "
+        "trained with ovrsisbench, or -o init=pretrained to start training from CLIP and RSIB; "
+        "-o backbone=tiny runs a small random model instead"
+    )
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "dino_weights": self.dino_source}

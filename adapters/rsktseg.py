@@ -37,7 +37,6 @@ from torch import nn
 from ovrsisbench.adapter import (
     DemoTraining,
     file_sha256,
-    state_dict_sha256,
     weights_cache,
 )
 from ovrsisbench.adapters.catseg_family import (
@@ -194,31 +193,25 @@ class RSKTSegAdapter(CatSegFamilyAdapter):
             raise UserError(f"rsktseg: cannot load the pretrained encoders: {error}") from error
         return network
 
-    def load(self, weights: Path | None, device: torch.device | str) -> None:
-        if weights is None and self.options["init"] == "pretrained":
-            network = self._pretrained()
-            self._sha256 = state_dict_sha256(network)
-        elif weights is None:
-            if self.options["backbone"] != "tiny":
-                raise UserError(
-                    "rsktseg needs a trained checkpoint: --weights model_final.pth (the authors' "
-                    "release, which holds every weight) or one trained with ovrsisbench; "
-                    "-o backbone=tiny runs a small random model instead"
-                )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.options["seed"])
-                network = self._network("tiny", self.options["num_layers"], "cpu")
-            self._sha256 = state_dict_sha256(network)
-        else:
-            state = read_checkpoint(Path(weights), self.name, KEYS)
-            backbone, layers = self._checkpoint_shape(state, Path(weights))
-            network = self._network(backbone, layers, "cpu")
-            try:
-                self.unused_keys = load_original(network, state, network.unused_original_keys())
-            except CheckpointMismatchError as error:
-                raise UserError(f"rsktseg: {weights} does not fit {backbone}: {error}") from None
-            self._sha256 = file_sha256(Path(weights))
-        self.use_network(network.to(device).eval())
+    no_weights_message = (
+        "needs a trained checkpoint: --weights model_final.pth (the authors' release, which "
+        "holds every weight) or one trained with ovrsisbench; -o backbone=tiny runs a small "
+        "random model instead"
+    )
+
+    def _tiny_network(self) -> RSKTSeg:
+        return self._network("tiny", self.options["num_layers"], "cpu")
+
+    def _from_checkpoint(self, path: Path) -> RSKTSeg:
+        state = read_checkpoint(path, self.name, KEYS)
+        backbone, layers = self._checkpoint_shape(state, path)
+        network = self._network(backbone, layers, "cpu")
+        try:
+            self.unused_keys = load_original(network, state, network.unused_original_keys())
+        except CheckpointMismatchError as error:
+            raise UserError(f"rsktseg: {path} does not fit {backbone}: {error}") from None
+        self._sha256 = file_sha256(path)
+        return network
 
     def describe(self) -> dict[str, Any]:
         config = self.network.config if self.network is not None else None
