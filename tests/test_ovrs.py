@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_catseg import CLASSES, CLIP_QV, FULL, count, unit_text
+from tests_helpers import batched_and_sequential
 
 from ovrsisbench.adapter import create_adapter
 from ovrsisbench.models.catseg.checkpoint import KEYS
@@ -28,13 +29,7 @@ def tiny() -> OVRS:
 
 def test_tiny_shapes_and_batched_rotations_equal_four_passes(tiny):
     images, text = torch.randn(2, 3, 64, 96), unit_text(4)
-    with torch.no_grad():
-        batched = tiny(images, text)
-        tiny.batched_rotations = False
-        try:
-            sequential = tiny(images, text)
-        finally:
-            tiny.batched_rotations = True
+    batched, sequential = batched_and_sequential(tiny, images, text)
     assert batched.shape == (2, 4, 16, 16)
     torch.testing.assert_close(batched, sequential, rtol=0, atol=1e-5)
 

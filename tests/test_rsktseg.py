@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from tests_helpers import spec_keys
+from tests_helpers import batched_and_sequential, spec_keys
 
 from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
@@ -76,13 +76,7 @@ def test_tiny_output_shapes(tiny, size, classes):
 
 def test_batched_rotations_equal_four_passes(tiny):
     images, text = torch.randn(2, 3, 64, 96), _text(4)
-    with torch.no_grad():
-        batched = tiny(images, text)
-        tiny.batched_rotations = False
-        try:
-            sequential = tiny(images, text)
-        finally:
-            tiny.batched_rotations = True
+    batched, sequential = batched_and_sequential(tiny, images, text)
     torch.testing.assert_close(batched, sequential, rtol=0, atol=1e-5)
 
 

@@ -41,3 +41,17 @@ def spec_keys(name: str) -> dict[str, tuple[int, ...]]:
             key, shape = line.split()[:2]
             keys[key] = tuple(int(v) for v in shape.strip("[]").split(",") if v)
     return keys
+
+
+def batched_and_sequential(model, images, text):
+    """Outputs of a rotation model with its four rotations in one batch, then in four passes."""
+    import torch
+
+    with torch.no_grad():
+        batched = model(images, text)
+        model.batched_rotations = False
+        try:
+            sequential = model(images, text)
+        finally:
+            model.batched_rotations = True
+    return batched, sequential
