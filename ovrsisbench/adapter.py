@@ -55,6 +55,17 @@ class DemoTraining:
     reason: str
 
 
+@dataclass(frozen=True)
+class BackgroundRule:
+    """A vocabulary's rejection rule (its ``background`` entry): pixels whose highest class
+    probability is below ``threshold`` are assigned to class ``index`` (SegEarth-OV's per-dataset
+    ``prob_thd`` / ``bg_idx``). Models that score with probabilities of their own apply it in
+    ``Adapter.set_background``; the others score every pixel as usual."""
+
+    index: int
+    threshold: float
+
+
 class Adapter:
     """Base class of all models evaluated by the harness.
 
@@ -78,6 +89,9 @@ class Adapter:
     training_options: ClassVar[tuple[str, ...]] = ()
     #: Allowed values of options with a fixed set of values (checked by ``__init__``).
     choices: ClassVar[dict[str, tuple]] = {}
+    #: The protocol ``ovrsisbench run`` evaluates when none is given: the model's own settings
+    #: where it has some (segearth_ov: ``segearth``), else OVRSISBench V1 trained on DLRSD.
+    default_protocol: ClassVar[str] = "dlrsd"
     #: Options that make a tiny random model for ``ovrsisbench demo``; None = not in the demo.
     demo_options: ClassVar[dict[str, Any] | None] = None
     #: How the demo trains the tiny model (trainable adapters); None = evaluated untrained only.
@@ -114,6 +128,13 @@ class Adapter:
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Map (B,3,H,W) float RGB in [0,1] to (B,K,H,W) float scores at the input resolution."""
         raise NotImplementedError
+
+    #: Whether ``set_background`` applies a vocabulary's rejection rule (recorded per result).
+    applies_background: ClassVar[bool] = False
+
+    def set_background(self, rule: BackgroundRule | None) -> None:
+        """Apply ``rule`` (None: none) to the scores of the vocabulary set last; called by the
+        evaluator after ``set_vocabulary``. The default ignores it (``applies_background``)."""
 
     # -- introspection ------------------------------------------------------------------------
     def build(self, device: torch.device | str = "cpu") -> torch.nn.Module:

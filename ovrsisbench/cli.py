@@ -228,8 +228,13 @@ def _print_prepared(report: Any, root: Path) -> None:
 def run(
     model: Annotated[str, typer.Option(help="Adapter name, or package.module:ClassName")],
     protocol: Annotated[
-        str, typer.Option(help="Protocol name (dlrsd, isaid, demo) or YAML path")
-    ] = "dlrsd",
+        str | None,
+        typer.Option(
+            help="Protocol name (dlrsd, isaid, segearth, demo) or YAML path \\[default: the "
+            "model's own protocol if it names one (segearth_ov: segearth), else dlrsd]",
+            show_default=False,
+        ),
+    ] = None,
     datasets: Annotated[
         str | None, typer.Option(help="Comma-separated subset of the protocol's datasets")
     ] = None,
@@ -260,11 +265,12 @@ def run(
     from ovrsisbench.protocol import load_protocol
     from ovrsisbench.results import ResultStore
 
-    proto = load_protocol(protocol)
-    entries = proto.select(datasets.split(",") if datasets else None)
-    resolve_device(device)  # the same checks and messages as without torchrun
+    proto = load_protocol(protocol) if protocol else None
     options = parse_options(option, backbone)
     adapter = create_adapter(model, **options)  # name and options checked before loading
+    proto = proto or load_protocol(adapter.default_protocol)
+    entries = proto.select(datasets.split(",") if datasets else None)
+    resolve_device(device)  # the same checks and messages as without torchrun
     root = data_root or default_data_root()
     if not root.is_dir():
         raise UserError(f"data root {root} does not exist (give --data-root or $OVRSISBENCH_DATA)")

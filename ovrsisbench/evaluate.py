@@ -34,7 +34,7 @@ from ovrsisbench.environment import describe_environment, device_name
 from ovrsisbench.errors import DataError
 from ovrsisbench.metrics import DEFAULT_POLICY, ConfusionMatrix, compute_scores
 from ovrsisbench.params import count_parameters
-from ovrsisbench.protocol import EvalEntry, Protocol
+from ovrsisbench.protocol import EvalEntry, Protocol, Vocabulary
 from ovrsisbench.results import SCHEMA, RecordKey, ResultStore
 
 
@@ -110,6 +110,11 @@ class Evaluator:
             data_version=meta.version(),
         )
 
+    def use_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Give the adapter the vocabulary's classes and its rejection rule (or none)."""
+        self.adapter.set_vocabulary(vocabulary.prompts())
+        self.adapter.set_background(vocabulary.background)
+
     def run(self, entries: list[EvalEntry], progress: ProgressSink | None = None) -> list[Outcome]:
         """Evaluate every entry; a failing dataset is reported and the others still run."""
         if self.context.world_size > 1:
@@ -173,7 +178,7 @@ class Evaluator:
         if progress is not None:
             progress.start(entry.dataset, len(stems), done)
 
-        self.adapter.set_vocabulary(vocabulary.prompts())
+        self.use_vocabulary(vocabulary)
         samples = SegmentationDataset(dataset, entry.split, vocabulary.lookup_table(), start=done)
         loader = read_ahead(samples, threads=self.settings.reader_threads)
         last_checkpoint = time.monotonic()
@@ -313,7 +318,7 @@ class Evaluator:
         confusion = ConfusionMatrix(num_classes)
         if progress is not None:
             progress.start(entry.dataset, len(indices), 0)
-        self.adapter.set_vocabulary(vocabulary.prompts())
+        self.use_vocabulary(vocabulary)
         samples = SegmentationDataset(dataset, entry.split, vocabulary.lookup_table())
         loader = read_ahead(Subset(samples, indices), threads=self.settings.reader_threads)
         done, seconds = 0, 0.0
@@ -379,6 +384,14 @@ class Evaluator:
                 counts.update(image_pred, label.to(pred.device))
         return counts, elapsed
 
+    def background_rule(self, vocabulary: Vocabulary) -> dict[str, Any] | None:
+        """The vocabulary's rejection rule as recorded: class, index, threshold, and whether
+        this adapter applies it (``Adapter.applies_background``); None without a rule."""
+        rule = vocabulary.background_record()
+        if rule is None:
+            return None
+        return {**rule, "applied": bool(self.adapter.applies_background)}
+
     def _record(
         self,
         entry: EvalEntry,
@@ -405,6 +418,7 @@ class Evaluator:
             "split": key.split,
             "vocabulary": key.vocabulary,
             "classes": entry.vocabulary.names(),
+            "background_rule": self.background_rule(entry.vocabulary),
             "confusion": matrix.tolist(),
             "metrics": scores.summary(),
             "per_class": {

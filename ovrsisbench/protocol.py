@@ -16,15 +16,18 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ovrsisbench.adapter import json_sha256
+from ovrsisbench.adapter import BackgroundRule, json_sha256
 from ovrsisbench.data.native import IGNORE_INDEX, KNOWN_CLASSES
 from ovrsisbench.errors import DataError, UserError
 
 SPLITS = ("train", "val", "all")
 YAML_SUFFIXES = (".yaml", ".yml")
 _VOCAB_KEYS = ("dataset", "description", "native_classes", "classes")
+_VOCAB_OPTIONAL = ("background",)
+_BACKGROUND_KEYS = ("class", "threshold")
 _CLASS_KEYS = ("name", "prompts", "native")
-_PROTOCOL_KEYS = ("name", "description", "train", "evaluation")
+_PROTOCOL_KEYS = ("name", "description", "evaluation")
+_PROTOCOL_OPTIONAL = ("train",)
 _ENTRY_KEYS = ("dataset", "split", "vocabulary")
 
 
@@ -47,20 +50,31 @@ class Vocabulary:
     native_classes: tuple[str, ...]
     classes: tuple[VocabClass, ...]
     path: Path
+    #: The optional rejection rule of models that apply one (``background`` in the file).
+    background: BackgroundRule | None = None
 
     @property
     def sha256(self) -> str:
         """Hash of the content that affects scores; file layout, comments and description aside."""
-        return json_sha256(
-            {
-                "dataset": self.dataset,
-                "native_classes": list(self.native_classes),
-                "classes": [
-                    {"name": c.name, "prompts": list(c.prompts), "native": list(c.native_ids)}
-                    for c in self.classes
-                ],
-            }
-        )
+        content: dict[str, Any] = {
+            "dataset": self.dataset,
+            "native_classes": list(self.native_classes),
+            "classes": [
+                {"name": c.name, "prompts": list(c.prompts), "native": list(c.native_ids)}
+                for c in self.classes
+            ],
+        }
+        if self.background is not None:  # absent from the hash of files without one
+            content["background"] = self.background_record()
+        return json_sha256(content)
+
+    def background_record(self) -> dict[str, Any] | None:
+        """The rejection rule as results record it: class name, index and threshold."""
+        rule = self.background
+        if rule is None:
+            return None
+        name = self.classes[rule.index].name
+        return {"class": name, "index": rule.index, "threshold": rule.threshold}
 
     def names(self) -> list[str]:
         """Display names of the scored classes, in score order."""
@@ -101,7 +115,7 @@ class Protocol:
 
     name: str
     description: str
-    train: EvalEntry
+    train: EvalEntry | None  # None: an evaluation-only protocol (training-free models)
     evaluation: tuple[EvalEntry, ...]
     path: Path
 
@@ -215,15 +229,16 @@ def _read_yaml(path: Path) -> Any:
         raise UserError(f"{path}: invalid YAML{at}: {' '.join(problem.split())}") from None
 
 
-def _mapping(value: Any, keys: tuple[str, ...], where: str) -> dict:
+def _mapping(value: Any, keys: tuple[str, ...], where: str, optional: tuple[str, ...] = ()) -> dict:
     if not isinstance(value, dict):
         raise UserError(f"{where}: expected a mapping with keys {', '.join(keys)}")
     missing = [k for k in keys if k not in value]
     if missing:
         raise UserError(f"{where}: missing key {missing[0]!r}")
-    unknown = [k for k in value if k not in keys]
+    unknown = [k for k in value if k not in keys + optional]
     if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (expected: {', '.join(keys)})")
+        allowed = ", ".join(keys + optional)
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (expected: {allowed})")
     return value
 
 
@@ -252,18 +267,36 @@ def _dataset(value: Any, where: str) -> str:
 
 # -- vocabulary files --------------------------------------------------------------------------
 def _parse_vocabulary(path: Path) -> Vocabulary:
-    data = _mapping(_read_yaml(path), _VOCAB_KEYS, str(path))
+    data = _mapping(_read_yaml(path), _VOCAB_KEYS, str(path), _VOCAB_OPTIONAL)
     dataset = _dataset(data["dataset"], f"{path}: dataset")
     native = _native_classes(data["native_classes"], dataset, f"{path}: native_classes")
-    classes = _nonempty_list(data["classes"], f"{path}: classes")
+    classes = _vocab_classes(_nonempty_list(data["classes"], f"{path}: classes"), len(native), path)
+    background = data.get("background")
     return Vocabulary(
         name=path.stem,
         dataset=dataset,
         description=_text(data["description"], f"{path}: description"),
         native_classes=native,
-        classes=_vocab_classes(classes, len(native), path),
+        classes=classes,
         path=path,
+        background=None if background is None else _background(background, classes, path),
     )
+
+
+def _background(value: Any, classes: tuple[VocabClass, ...], path: Path) -> BackgroundRule:
+    """``background: {class: <scored class name>, threshold: <probability in [0, 1]>}``."""
+    where = f"{path}: background"
+    data = _mapping(value, _BACKGROUND_KEYS, where)
+    names = [c.name for c in classes]
+    name = _text(data["class"], f"{where}: class")
+    if name not in names:
+        raise UserError(f"{where}: class {name!r} is not a scored class ({', '.join(names)})")
+    threshold = data["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise UserError(f"{where}: threshold must be a number, got {threshold!r}")
+    if not 0 <= threshold <= 1:
+        raise UserError(f"{where}: threshold {threshold} is not a probability in [0, 1]")
+    return BackgroundRule(names.index(name), float(threshold))
 
 
 def _native_classes(value: Any, dataset: str, where: str) -> tuple[str, ...]:
@@ -311,8 +344,9 @@ def _native_ids(value: Any, num_native: int, where: str) -> tuple[int, ...]:
 
 # -- protocol files ----------------------------------------------------------------------------
 def _parse_protocol(path: Path, search_dir: Path | None) -> Protocol:
-    data = _mapping(_read_yaml(path), _PROTOCOL_KEYS, str(path))
-    train = _entry(data["train"], f"{path}: train", search_dir)
+    data = _mapping(_read_yaml(path), _PROTOCOL_KEYS, str(path), _PROTOCOL_OPTIONAL)
+    train = data.get("train")
+    train = None if train is None else _entry(train, f"{path}: train", search_dir)
     items = _nonempty_list(data["evaluation"], f"{path}: evaluation")
     evaluation = tuple(
         _entry(item, f"{path}: evaluation {i}", search_dir) for i, item in enumerate(items)

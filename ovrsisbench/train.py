@@ -68,6 +68,9 @@ _DIVERGED_HINT = (
 )
 #: values of the settings that neither the recipe nor a checkpoint gives
 _FALLBACKS = {"accumulate": 1, "seed": 0, "amp": "auto"}
+#: the recipe's LR schedule (``TrainingRecipe.defaults``; not a command-line setting)
+LR_SCHEDULES = ("cosine", "poly")
+_SCHEDULE_FALLBACKS = {"lr_schedule": "cosine", "poly_power": 0.9}
 
 
 @dataclass
@@ -104,12 +107,28 @@ def _cosine(where: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * where))
 
 
-def lr_factor(iteration: int, max_iters: int, warmup_iters: int = 0) -> float:
-    """The LR multiplier of 0-based ``iteration`` t, as detectron2's ``build_lr_scheduler`` for
-    WarmupCosineLR (``LRMultiplier`` over ``WarmupParamScheduler(CosineParamScheduler(1, 0))``):
-    cos(w) = 0.5 * (1 + cos(pi * w)) at w = t / T, and during the W warm-up iterations the line
-    from 0.001 * cos(0) to cos(W / T)."""
+def lr_factor(
+    iteration: int,
+    max_iters: int,
+    warmup_iters: int = 0,
+    schedule: str = "cosine",
+    poly_power: float = 0.9,
+) -> float:
+    """The LR multiplier of 0-based ``iteration`` t of T, with W warm-up iterations.
+
+    ``cosine``: detectron2's ``build_lr_scheduler`` for WarmupCosineLR (``LRMultiplier`` over
+    ``WarmupParamScheduler(CosineParamScheduler(1, 0))``): cos(w) = 0.5 * (1 + cos(pi * w)) at
+    w = t / T, and during warm-up the line from 0.001 * cos(0) to cos(W / T).
+    ``poly``: detectron2 DeepLab's WarmupPolyLR (SAN, Mask2Former): (1 - t / T) ** power, times
+    the linear warm-up factor 0.001 * (1 - t / W) + t / W while t < W.
+    """
     where = iteration / max_iters
+    if schedule == "poly":
+        warmup = 1.0
+        if iteration < warmup_iters:
+            alpha = iteration / warmup_iters
+            warmup = WARMUP_FACTOR * (1 - alpha) + alpha
+        return warmup * (1.0 - where) ** poly_power
     if iteration >= warmup_iters:
         return _cosine(where)
     start, end = WARMUP_FACTOR * _cosine(0.0), _cosine(warmup_iters / max_iters)
@@ -171,6 +190,13 @@ def resolve_settings(
     for key, fallback in _FALLBACKS.items():
         if resolved[key] is None:
             resolved[key] = saved.get(key, fallback) if saved is not None else fallback
+    for key, fallback in _SCHEDULE_FALLBACKS.items():
+        resolved[key] = (saved if saved is not None else defaults).get(key, fallback)
+    if resolved["lr_schedule"] not in LR_SCHEDULES:
+        raise UserError(
+            f"unknown lr_schedule {resolved['lr_schedule']!r} (use {', '.join(LR_SCHEDULES)})"
+        )
+    resolved["poly_power"] = _non_negative(resolved["poly_power"], "poly_power")
     missing = [key for key in ("max_iters", "batch_size", "lr") if resolved[key] is None]
     if missing:
         raise UserError(f"the recipe gives no default {missing[0]}; set it explicitly")
@@ -295,6 +321,11 @@ class _Trainer:
         self.protocol = protocol
         self.out = Path(out)
         entry = protocol.train
+        if entry is None:
+            raise UserError(
+                f"protocol {protocol.name!r} ({protocol.path}) is evaluation-only: it names no "
+                "training dataset (choose a protocol with a train entry, e.g. dlrsd or isaid)"
+            )
         dataset = open_dataset(data_root, entry.dataset)
         entry.vocabulary.check_dataset(dataset.meta.classes, str(dataset.directory / "meta.json"))
         self.samples = SegmentationDataset(dataset, entry.split, entry.vocabulary.lookup_table())
@@ -537,6 +568,13 @@ class _Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def lr_factor(self, iteration: int) -> float:
+        """The schedule's LR multiplier of 0-based ``iteration`` under this run's settings."""
+        s = self.settings
+        return lr_factor(
+            iteration, s["max_iters"], s["warmup_iters"], s["lr_schedule"], s["poly_power"]
+        )
+
     def _step(
         self, iteration: int, network: torch.nn.Module, ddp: Any, batches: Iterator
     ) -> tuple[float, bool, float, float]:
@@ -546,7 +584,7 @@ class _Trainer:
         start = time.perf_counter()
         data_time = 0.0
         seed_everything(iteration_seed(s["seed"], iteration, self.ctx.rank))
-        factor = lr_factor(iteration, s["max_iters"], s["warmup_iters"])
+        factor = self.lr_factor(iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = s["lr"] * factor * group["lr_mult"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -601,7 +639,7 @@ class _Trainer:
             )
         seconds = time.perf_counter() - timing[2]
         s = self.settings
-        lr = s["lr"] * lr_factor(iteration - 1, s["max_iters"], s["warmup_iters"])
+        lr = s["lr"] * self.lr_factor(iteration - 1)
         line = {
             "iteration": iteration,
             "loss": loss,

@@ -117,6 +117,23 @@ def test_run_writes_records_prints_table_and_leaderboard(
     assert board.code == 0 and "toy_adapters:ColourAdapter" in board.out
 
 
+def test_run_defaults_to_the_models_own_protocol(cli, tmp_path, synthetic_root, toy_adapters):
+    args = toy_run("OwnProtocolAdapter", synthetic_root, tmp_path)
+    args.remove("--protocol"), args.remove("demo")
+    result = cli(*args)
+    assert result.code == 0, result.err
+    records = [json.loads(path.read_text()) for path in (tmp_path / "records").rglob("*.json")]
+    assert {r["protocol"] for r in records} == {"demo"} and len(records) == 2
+
+
+def test_an_evaluation_only_protocol_cannot_train(cli, tmp_path, synthetic_root):
+    result = cli(
+        "train", "--model", "rsktseg", "--backbone", "tiny", "--protocol", "segearth",
+        "--data-root", synthetic_root, "--out", tmp_path / "out", "--device", "cpu",
+    )  # fmt: skip
+    assert_user_error(result, "protocol 'segearth'", "evaluation-only")
+
+
 def test_run_exit_code_says_something_failed(cli, tmp_path, synthetic_root, toy_adapters):
     result = cli(*toy_run("FailingAdapter", synthetic_root, tmp_path))
     assert result.code == 1

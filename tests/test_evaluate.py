@@ -275,3 +275,71 @@ def test_differently_prepared_data_is_another_result(synthetic_root, tmp_path, t
     assert version != first[1].record["environment"]["data"]["version"]
     frame = build(load_protocol("demo"), tmp_path / "results")
     assert sorted(frame["kind"]) == ["ours (archive data)", "ours (synthetic data)"]
+
+
+def background_protocol(tmp_path, threshold: float):
+    """The demo protocol with a rejection rule on synthetic-target (class 'background')."""
+    import yaml
+
+    target = load_protocol("demo").evaluation[1].vocabulary
+    data = yaml.safe_load(target.path.read_text())
+    data["background"] = {"class": "background", "threshold": threshold}
+    (tmp_path / "vocab").mkdir(parents=True)
+    (tmp_path / "vocab" / "target-rejecting.yaml").write_text(yaml.safe_dump(data))
+    protocol = {
+        "name": "rejecting",
+        "description": "demo target with a background rule",
+        "evaluation": [
+            {"dataset": "synthetic-target", "split": "all", "vocabulary": "target-rejecting"}
+        ],
+    }
+    (tmp_path / "rejecting.yaml").write_text(yaml.safe_dump(protocol))
+    return load_protocol(tmp_path / "rejecting.yaml")
+
+
+def test_vocabulary_background_rule_reaches_the_adapter_and_the_record(
+    synthetic_root, tmp_path, toy_adapters
+):
+    import toy_adapters as toys
+
+    class Rejecting(toys.ColourAdapter):
+        """Colour scores; pixels whose best score is below the rule's threshold -> its class."""
+
+        applies_background = True
+        rule = None
+
+        def set_background(self, rule):
+            self.rule = rule
+
+        def predict(self, images):
+            scores = super().predict(images)
+            if self.rule is not None:
+                low = scores.amax(1) < self.rule.threshold
+                scores[:, self.rule.index][low] = 2.0
+            return scores
+
+    protocol = background_protocol(tmp_path / "protocol", threshold=0.9)
+    records = {}
+    for adapter in (Rejecting(), toys.ColourAdapter()):
+        adapter.load(None, "cpu")
+        store = ResultStore(tmp_path / type(adapter).__name__)
+        evaluator = Evaluator(adapter, "colour", protocol, synthetic_root, store, EvalSettings())
+        (outcome,) = evaluator.run(list(protocol.evaluation))
+        records[type(adapter).__name__] = json.loads(outcome.path.read_text())
+    rule = {"class": "background", "index": 0, "threshold": 0.9}
+    assert records["Rejecting"]["background_rule"] == {**rule, "applied": True}
+    assert records["ColourAdapter"]["background_rule"] == {**rule, "applied": False}
+    # the rule moved low-confidence pixels into class 0: more pixels predicted as background
+    predicted = {name: r["per_class"]["pred_pixels"][0] for name, r in records.items()}
+    assert predicted["Rejecting"] > predicted["ColourAdapter"]
+    # a vocabulary without a rule resets it, and records say so
+    adapter = Rejecting()
+    adapter.load(None, "cpu")
+    evaluator = make_evaluator(f"{toy_adapters}:ColourAdapter", synthetic_root, tmp_path / "none")
+    evaluator.adapter = adapter
+    evaluator.use_vocabulary(protocol.evaluation[0].vocabulary)
+    assert adapter.rule is not None
+    evaluator.use_vocabulary(load_protocol("demo").evaluation[1].vocabulary)
+    assert adapter.rule is None
+    (outcome, _) = evaluator.run(list(evaluator.protocol.evaluation))
+    assert json.loads(outcome.path.read_text())["background_rule"] is None

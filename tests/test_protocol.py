@@ -164,6 +164,73 @@ def test_hash_ignores_formatting_and_follows_prompts(tmp_path):
     assert load_vocabulary(renamed).sha256 != packaged.sha256
 
 
+# -- SegEarth-OV's settings --------------------------------------------------------------------
+#: configs/cls_<dataset>.txt, cfg_<dataset>.py of likyoo/SegEarth-OV (spec baselines.md 7):
+#: the prompt names of each class in order, the background class index and threshold
+SEGEARTH = {
+    "loveda": (
+        [["background"], ["building", "roof", "house"], ["road"], ["water"], ["barren"],
+         ["forest"], ["agricultural"]], 0, 0.3),
+    "isaid": (
+        [["background"], ["ship"], ["store tank"], ["baseball diamond"], ["tennis court"],
+         ["basketball court"], ["ground track field"], ["bridge"], ["large vehicle"],
+         ["small vehicle"], ["helicopter"], ["swimming pool"], ["roundabout"],
+         ["soccer ball field"], ["plane"], ["harbor"]], 0, 0.4),
+    "potsdam": (
+        [["road", "parking lot"], ["building"], ["low vegetation"], ["tree"], ["car"],
+         ["clutter", "background"]], 5, 0.1),
+    "vaihingen": (
+        [["impervious surface"], ["building"], ["low vegetation"], ["tree"], ["car"],
+         ["clutter"]], 5, 0.1),
+    "uavid": (
+        [["background"], ["building"], ["road"], ["car"], ["tree"], ["vegetation"], ["human"]],
+        0, 0.3),
+    "udd5": ([["vegetation"], ["building"], ["road"], ["vehicle"], ["background"]], 4, 0.4),
+    "vdd": (
+        [["background"], ["facade"], ["road"], ["vegetation"], ["vehicle"], ["roof"], ["water"]],
+        0, 0.3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", sorted(SEGEARTH))
+def test_segearth_vocabularies_follow_its_class_files(dataset):
+    prompts, index, threshold = SEGEARTH[dataset]
+    vocabulary = load_vocabulary(f"{dataset}-segearth")
+    assert vocabulary.prompts() == prompts
+    assert (vocabulary.background.index, vocabulary.background.threshold) == (index, threshold)
+    record = vocabulary.background_record()
+    assert record == {"class": vocabulary.names()[index], "index": index, "threshold": threshold}
+
+
+def test_segearth_protocol_is_evaluation_only():
+    protocol = load_protocol("segearth")
+    assert protocol.train is None
+    assert [e.dataset for e in protocol.evaluation] == PAPER_ORDER
+    assert {e.split for e in protocol.evaluation} == {"all"}
+    names = {e.dataset: e.vocabulary.name for e in protocol.evaluation}
+    assert names == {d: ("dlrsd" if d == "dlrsd" else f"{d}-segearth") for d in PAPER_ORDER}
+
+
+def test_native_label_spaces_of_segearth_files():
+    # LoveDA: no-data ignored; iSAID: background scored; UAVid: both cars merged
+    assert load_vocabulary("loveda-segearth").lookup_table()[0] == 255
+    assert load_vocabulary("isaid-segearth").lookup_table()[0] == 0
+    uavid = load_vocabulary("uavid-segearth").lookup_table()
+    assert uavid[5] == uavid[6] == 3
+
+
+def test_background_rule_enters_the_hash(tmp_path):
+    packaged = load_vocabulary("potsdam-segearth")
+    data = yaml.safe_load(packaged.path.read_text())
+    data["background"]["threshold"] = 0.2
+    changed = load_vocabulary(write_yaml(tmp_path / "changed.yaml", data))
+    assert changed.sha256 != packaged.sha256
+    del data["background"]
+    without = load_vocabulary(write_yaml(tmp_path / "without.yaml", data))
+    assert without.background is None and without.background_record() is None
+    assert without.sha256 not in (changed.sha256, packaged.sha256)
+
+
 # -- protocol and vocabulary files given by path -----------------------------------------------
 def test_protocol_path_with_local_vocabularies(tmp_path):
     write_yaml(tmp_path / "vocab" / "uavid-mine.yaml", UAVID_MERGED)
@@ -219,6 +286,11 @@ VOCAB_ERRORS = [
     (("classes",), [], "classes: expected a non-empty list"),
     (("dataset",), "uavidd", "unknown dataset 'uavidd'; known: dlrsd"),
     (("native_classes", 0), "clutter", "native_classes: .* differ from the native classes"),
+    (("background",), "road", "background: expected a mapping with keys class, threshold"),
+    (("background",), {"class": "car"}, "background: missing key 'threshold'"),
+    (("background",), {"class": "sky", "threshold": 0.3}, "class 'sky' is not a scored class"),
+    (("background",), {"class": "car", "threshold": "0.3"}, "threshold must be a number"),
+    (("background",), {"class": "car", "threshold": 1.5}, r"threshold 1\.5 is not a probability"),
 ]
 
 
@@ -267,7 +339,7 @@ PROTOCOL = {
     "evaluation": [GOOD_ENTRY],
 }
 PROTOCOL_ERRORS = [
-    (("train",), _DELETE, "missing key 'train'"),
+    (("evaluation",), _DELETE, "missing key 'evaluation'"),
     (("evaluation",), [], "evaluation: expected a non-empty list"),
     (("evaluation", 0, "vocabulary"), "nope", "evaluation 0: unknown vocabulary 'nope'; known"),
     (("evaluation", 0, "vocabulary"), "x/y.yaml", "evaluation 0: vocabulary 'x/y.yaml' must be"),

@@ -290,6 +290,48 @@ def test_lr_schedule_is_warmup_then_cosine_to_zero():
     assert lr_factor(9, 100, warmup_iters=10) < end
 
 
+def test_poly_schedule_is_deeplab_warmup_poly_lr():
+    # detectron2 DeepLab WarmupPolyLR (SAN): (1 - t/T)^power, times the linear warm-up factor
+    assert lr_factor(0, 100, schedule="poly") == 1.0
+    assert lr_factor(50, 100, schedule="poly") == pytest.approx(0.5**0.9)
+    assert lr_factor(50, 100, schedule="poly", poly_power=2.0) == pytest.approx(0.25)
+    assert lr_factor(100, 100, schedule="poly") == 0.0
+    assert lr_factor(0, 100, 10, "poly") == pytest.approx(0.001)
+    assert lr_factor(5, 100, 10, "poly") == pytest.approx((0.001 * 0.5 + 0.5) * 0.95**0.9)
+    assert lr_factor(10, 100, 10, "poly") == pytest.approx(0.9**0.9)
+
+
+def test_recipe_chooses_the_lr_schedule(toy_adapters, demo, synthetic_root, tmp_path):
+    import toy_adapters as toys
+
+    class Poly(toys.ToyTrainable):
+        def training_recipe(self, classes):
+            recipe = super().training_recipe(classes)
+            recipe.defaults = {**recipe.defaults, "lr_schedule": "poly", "poly_power": 2.0}
+            return recipe
+
+    adapter = Poly()
+    seed_everything(0)
+    adapter.load(None, "cpu")
+    train(adapter, demo, synthetic_root, tmp_path, fast(lr=0.02))
+    logged = [line["lr"] for line in log_lines(tmp_path)]
+    assert logged == pytest.approx([0.02 * (1 - t / 4) ** 2 for t in range(4)])
+    config = json.loads((tmp_path / "final.json").read_text())
+    assert config["settings"]["lr_schedule"] == "poly"
+
+    class Unknown(toys.ToyTrainable):
+        def training_recipe(self, classes):
+            recipe = super().training_recipe(classes)
+            recipe.defaults = {**recipe.defaults, "lr_schedule": "step"}
+            return recipe
+
+    unknown = Unknown()
+    seed_everything(0)
+    unknown.load(None, "cpu")
+    with pytest.raises(UserError, match="unknown lr_schedule 'step'"):
+        train(unknown, demo, synthetic_root, tmp_path / "unknown", fast())
+
+
 def test_logged_lr_follows_the_schedule(make_toy, demo, synthetic_root, tmp_path):
     train(make_toy(), demo, synthetic_root, tmp_path, fast(lr=0.02, warmup_iters=2))
     logged = [line["lr"] for line in log_lines(tmp_path)]

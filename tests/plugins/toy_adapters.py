@@ -41,6 +41,13 @@ class ColourAdapter(Adapter):
         return torch.cos(6.0 * channels * self.options["gain"] + 6.28 * phase)
 
 
+class OwnProtocolAdapter(ColourAdapter):
+    """Colour scores, evaluated on the demo protocol unless ``run`` names another."""
+
+    name = "own-protocol"
+    default_protocol = "demo"
+
+
 class NoopAdapter(ColourAdapter):
     """Returns constant scores without computing anything (measures harness overhead)."""
 
