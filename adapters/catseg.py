@@ -32,9 +32,8 @@ from ovrsisbench.adapters.catseg_family import (
     SOLVER_DEFAULTS,
     CatSegFamilyAdapter,
     CatSegFamilyLoss,
-    checkpoint_backbone,
-    read_checkpoint,
 )
+from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.catseg.checkpoint import KEYS, CheckpointMismatchError
 from ovrsisbench.models.catseg.model import CONFIGS, CatSeg, CatSegConfig

@@ -21,13 +21,13 @@ A network used here has ``config.clip_arch``, ``config.size_divisibility``, ``en
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ovrsisbench.adapter import PromptAdapter, TrainingRecipe, state_dict_sha256
+from ovrsisbench.adapter import TrainingRecipe
+from ovrsisbench.adapters.weights import CheckpointAdapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     catseg_slide_inference,
@@ -37,7 +37,6 @@ from ovrsisbench.inference import (
     resize_to,
     shortest_edge_size,
 )
-from ovrsisbench.models.common.checkpoint import OriginalKeys
 from ovrsisbench.models.common.losses import IGNORE_MODES, LOSSES, LossFn, segmentation_loss
 from ovrsisbench.models.common.optim import detectron2_param_groups
 from ovrsisbench.models.common.text import RSKTSEG_TEMPLATES, get_tokenizer
@@ -81,30 +80,6 @@ COMMON_CHOICES: dict[str, tuple] = {
 }
 
 
-#: CLIP image-tower width of the released variants, to read the backbone off a checkpoint.
-BACKBONE_OF_WIDTH = {768: "vit-b", 1024: "vit-l"}
-CLASS_EMBEDDING_KEY = "sem_seg_head.predictor.clip_model.visual.class_embedding"
-
-
-def checkpoint_backbone(name: str, kind: str, state: dict, path: Path, given: str | None) -> str:
-    """The backbone of an original-format checkpoint, from its CLIP width (ViT-B/16 or
-    ViT-L/14), unless ``given`` (the ``backbone`` option) names one (``tiny`` included); both
-    must agree. ``name`` (the adapter's) and ``kind`` (e.g. "an RSKT-Seg") word the errors."""
-    if CLASS_EMBEDDING_KEY not in state:
-        raise UserError(f"{name}: {path} is not {kind} checkpoint (no {CLASS_EMBEDDING_KEY})")
-    width = state[CLASS_EMBEDDING_KEY].shape[-1]
-    found = BACKBONE_OF_WIDTH.get(width)
-    backbone = given or found
-    if backbone is None:
-        raise UserError(
-            f"{name}: {path} has a CLIP of width {width}, not ViT-B/16 or ViT-L/14 "
-            "(name the backbone with -o backbone=...)"
-        )
-    if found is not None and backbone != found:
-        raise UserError(f"{name}: {path} is backbone={found}, but backbone={backbone} given")
-    return backbone
-
-
 class CatSegFamilyLoss:
     """``TrainingRecipe.loss``: float images (B, 3, S, S) on the 0-255 scale and int64 labels
     (B, S, S) -> scalar loss.
@@ -133,28 +108,7 @@ class CatSegFamilyLoss:
         return self.loss_fn(logits, labels.to(x.device))
 
 
-def read_checkpoint(path: Path, name: str, keys: OriginalKeys) -> dict[str, Tensor]:
-    """The state dict, in original key names, of a checkpoint file: safetensors (e.g. trained by
-    ``ovrsisbench train``), or ``torch.load(weights_only=True)`` (detectron2 ``.pth``: the
-    ``model`` entry). ``name`` (the adapter's) prefixes the error messages."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            checkpoint = load_file(str(path))
-        else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{name}: weights file {path} does not exist") from None
-    except Exception as error:  # a damaged file, or pickled objects beyond tensors
-        raise UserError(f"{name}: cannot read {path} (weights_only): {error}") from error
-    state = keys.unwrap(checkpoint)
-    if not isinstance(state, dict) or not state:
-        raise UserError(f"{name}: {path} holds no state dict")
-    return state
-
-
-class CatSegFamilyAdapter(PromptAdapter):
+class CatSegFamilyAdapter(CheckpointAdapter):
     """Inference, text and training shared by the family (see the module docstring).
 
     Subclasses set ``name``, ``default_options`` (``COMMON_OPTIONS`` plus ``inference`` and
@@ -182,43 +136,11 @@ class CatSegFamilyAdapter(PromptAdapter):
             )
         self.network: nn.Module | None = None
         self.text: Tensor | None = None
-        self._sha256: str | None = None
 
     # -- vocabulary and prediction ------------------------------------------------------------
     def prompts(self, classes: list[list[str]]) -> list[str]:
         """One prompt per class: its first name in the template."""
         return [self.options["template"].format(names[0]) for names in classes]
-
-    # -- weights ----------------------------------------------------------------------------------
-    #: What ``load`` says when a full-size backbone has neither weights nor ``init=pretrained``.
-    no_weights_message: str = ""
-
-    def load(self, weights: Path | None, device: torch.device | str) -> None:
-        """A checkpoint (``_from_checkpoint``), the pretrained encoders (``init=pretrained``:
-        ``_pretrained``) or, with ``backbone=tiny``, a random network seeded by ``seed``
-        (``_tiny_network``); subclasses implement those three."""
-        if weights is not None:
-            network = self._from_checkpoint(Path(weights))  # sets _sha256 (the file's)
-        elif self.options["init"] == "pretrained":
-            network = self._pretrained()
-            self._sha256 = state_dict_sha256(network)
-        elif self.options["backbone"] == "tiny":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.options["seed"])
-                network = self._tiny_network()
-            self._sha256 = state_dict_sha256(network)
-        else:
-            raise UserError(f"{self.name} {self.no_weights_message}")
-        self.use_network(network.to(device).eval())
-
-    def _from_checkpoint(self, path: Path) -> nn.Module:
-        raise NotImplementedError
-
-    def _pretrained(self) -> nn.Module:
-        raise NotImplementedError
-
-    def _tiny_network(self) -> nn.Module:
-        raise NotImplementedError
 
     def embed_classes(self) -> None:
         network = self.network
@@ -298,9 +220,6 @@ class CatSegFamilyAdapter(PromptAdapter):
             transform=catseg_train_transform(self.options["train_size"], TRAIN_MAX_SIZE),
             defaults=defaults,
         )
-
-    def weights_sha256(self) -> str | None:
-        return self._sha256
 
     def describe(self) -> dict[str, Any]:
         described = {

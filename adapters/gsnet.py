@@ -32,9 +32,8 @@ from ovrsisbench.adapter import file_sha256, json_sha256, weights_cache
 from ovrsisbench.adapters.catseg import CatSegAdapter
 from ovrsisbench.adapters.catseg_family import (
     SOLVER_DEFAULTS,
-    checkpoint_backbone,
-    read_checkpoint,
 )
+from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.common.rsib import RSIB_FILE, RSIB_SOURCE, load_rsib_checkpoint
 from ovrsisbench.models.gsnet.checkpoint import DINO_PREFIX, KEYS, CheckpointMismatchError

@@ -44,9 +44,8 @@ from ovrsisbench.adapters.catseg_family import (
     COMMON_OPTIONS,
     SOLVER_DEFAULTS,
     CatSegFamilyAdapter,
-    checkpoint_backbone,
-    read_checkpoint,
 )
+from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.common.catseg_clip import CLIP_NAMES
 from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_pretrained

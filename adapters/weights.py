@@ -1,0 +1,116 @@
+"""What the trainable built-in adapters share about weights: reading a checkpoint file, telling
+the backbone from it, and the order in which ``load`` looks for weights (a checkpoint, the
+pretrained encoders with ``init=pretrained``, or the seeded tiny network)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ovrsisbench.adapter import PromptAdapter, state_dict_sha256
+from ovrsisbench.errors import UserError
+from ovrsisbench.models.common.checkpoint import OriginalKeys
+
+#: CLIP image-tower width of the released ViT variants, to read the backbone off a checkpoint.
+BACKBONE_OF_WIDTH = {768: "vit-b", 1024: "vit-l"}
+#: The CLIP class embedding in the Cat-Seg family's checkpoints (detectron2 names).
+CLASS_EMBEDDING_KEY = "sem_seg_head.predictor.clip_model.visual.class_embedding"
+
+
+def read_checkpoint(path: Path, name: str, keys: OriginalKeys) -> dict[str, Tensor]:
+    """The state dict, in original key names, of a checkpoint file: safetensors (e.g. trained by
+    ``ovrsisbench train``), or ``torch.load(weights_only=True)`` (detectron2 ``.pth``: the
+    ``model`` entry). ``name`` (the adapter's) prefixes the error messages."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(str(path))
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{name}: weights file {path} does not exist") from None
+    except Exception as error:  # a damaged file, or pickled objects beyond tensors
+        raise UserError(f"{name}: cannot read {path} (weights_only): {error}") from error
+    state = keys.unwrap(checkpoint)
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"{name}: {path} holds no state dict")
+    return state
+
+
+def checkpoint_backbone(
+    name: str,
+    kind: str,
+    state: Mapping[str, Tensor],
+    path: Path,
+    given: str | None,
+    key: str = CLASS_EMBEDDING_KEY,
+    backbones: Mapping[int, str] = BACKBONE_OF_WIDTH,
+) -> str:
+    """The backbone of a checkpoint, read from the last dimension of its ``key`` entry
+    (``backbones``: width -> backbone), unless ``given`` (the ``backbone`` option) names one
+    (``tiny`` included); both must agree. ``name`` (the adapter's) and ``kind`` (e.g. "an
+    RSKT-Seg") word the errors."""
+    if key not in state:
+        raise UserError(f"{name}: {path} is not {kind} checkpoint (no {key})")
+    width = state[key].shape[-1]
+    found = backbones.get(width)
+    backbone = given or found
+    if backbone is None:
+        known = ", ".join(f"{width} ({backbone})" for width, backbone in backbones.items())
+        raise UserError(
+            f"{name}: {path} has {key} of width {width}, not a released backbone's ({known}); "
+            "name the backbone with -o backbone=..."
+        )
+    if found is not None and backbone != found:
+        raise UserError(f"{name}: {path} is backbone={found}, but backbone={backbone} given")
+    return backbone
+
+
+class CheckpointAdapter(PromptAdapter):
+    """An adapter whose network comes from a checkpoint file, from its pretrained encoders
+    (option ``init=pretrained``: the start of training) or, with ``backbone=tiny``, from
+    random weights seeded by the ``seed`` option. Subclasses implement the three steps."""
+
+    #: What ``load`` says when a full-size backbone has neither weights nor ``init=pretrained``.
+    no_weights_message: ClassVar[str] = (
+        "needs a trained checkpoint: --weights FILE (the authors' release or one trained with "
+        "ovrsisbench), or -o init=pretrained to start training from the pretrained encoders; "
+        "-o backbone=tiny runs a small random model instead"
+    )
+    _sha256: str | None = None
+
+    def load(self, weights: Path | None, device: torch.device | str) -> None:
+        if weights is not None:
+            network = self._from_checkpoint(Path(weights))  # sets _sha256 (the file's)
+        elif self.options["init"] == "pretrained":
+            network = self._pretrained()
+            self._sha256 = state_dict_sha256(network)
+        elif self.options["backbone"] == "tiny":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.options["seed"])
+                network = self._tiny_network()
+            self._sha256 = state_dict_sha256(network)
+        else:
+            raise UserError(f"{self.name} {self.no_weights_message}")
+        self.use_network(network.to(device).eval())
+
+    def _from_checkpoint(self, path: Path) -> nn.Module:
+        """The network with the weights of ``path``; sets ``_sha256`` (the file's, or a
+        combination when other files join it)."""
+        raise NotImplementedError
+
+    def _pretrained(self) -> nn.Module:
+        """The network with its pretrained encoders, the new parts random."""
+        raise NotImplementedError
+
+    def _tiny_network(self) -> nn.Module:
+        """The tiny network (called with torch's RNG seeded by ``seed``)."""
+        raise NotImplementedError
+
+    def weights_sha256(self) -> str | None:
+        return self._sha256
