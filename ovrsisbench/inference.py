@@ -54,14 +54,19 @@ def slide_inference(
     window: int | Sequence[int],
     stride: int | Sequence[int],
     num_classes: int,
+    pad_small: bool = True,
 ) -> Tensor:
     """Average ``fn`` over overlapping windows; returns (B, num_classes, H, W).
 
-    Windows are clamped to the borders; an image smaller than the window is zero-padded at the
-    bottom/right (zero is the mean colour of normalised images) and the padding cropped away.
+    Windows are clamped to the borders; along a side shorter than the window, the image is
+    zero-padded at the bottom/right (zero is the mean colour of normalised images) and the
+    padding cropped away, or, with ``pad_small=False``, the window shrinks to that side
+    (mmseg's ``slide_inference``: "the small patch will be used to decode without padding").
     """
     (wh, ww), (sh, sw) = _pair(window), _pair(stride)
     height, width = images.shape[-2:]
+    if not pad_small:
+        wh, ww = min(wh, height), min(ww, width)
     padded = F.pad(images, (0, max(ww - width, 0), 0, max(wh - height, 0)))
     ph, pw = padded.shape[-2:]
     total = images.new_zeros(images.shape[0], num_classes, ph, pw)

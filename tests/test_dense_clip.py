@@ -79,7 +79,7 @@ def hand_dense(model: open_clip.CLIP, images: torch.Tensor, mode: str) -> torch.
     return tokens.transpose(1, 2).reshape(images.shape[0], -1, *visual.grid_size)
 
 
-@pytest.mark.parametrize("mode", sorted(DENSE_MODES))
+@pytest.mark.parametrize("mode", sorted(set(DENSE_MODES) - {"segearth"}))  # segearth: its own test
 def test_dense_last_block_matches_hand_computation(clip, mode):
     images = torch.randn(2, 3, 64, 64)
     expected = hand_dense(clip, images, mode)

@@ -2,13 +2,15 @@
 
 ``DenseCLIP`` wraps an ``open_clip.CLIP`` with a ViT image tower. It runs blocks ``1..L-1`` as
 usual and replaces the last block by one of the dense variants in ``DENSE_MODES``; the result
-goes through ``ln_post`` and ``proj`` for every token, the CLS token is dropped, and the
-patch tokens come back as a (B, D, h, w) map in the joint image-text space. Raw residual-stream
-tokens of earlier blocks can be returned alongside (the guidance features of the Cat-Seg family).
+goes through ``ln_post`` and ``proj`` for every token; the patch tokens come back as a
+(B, D, h, w) map in the joint image-text space, the CLS token's as a (B, D) vector. Raw
+residual-stream tokens of earlier blocks can be returned alongside (the guidance features of the
+Cat-Seg family).
 
 Positional embeddings are resized bicubically (``align_corners=False``) from the pretrained grid
-to the input's grid; inputs whose sides are not multiples of the patch size are zero-padded at
-the bottom/right (as mmseg's "corner" patch padding does), so the grid is ``ceil(H/p) x ceil(W/p)``.
+to the input's grid (or by the ``resize_pos`` function a ``DenseCLIP`` is given); inputs whose
+sides are not multiples of the patch size are zero-padded at the bottom/right (as mmseg's
+"corner" patch padding does), so the grid is ``ceil(H/p) x ceil(W/p)``.
 """
 
 from __future__ import annotations
@@ -180,11 +182,12 @@ def interpolate_pos_embed(pos: Tensor, grid: Sequence[int], size: Sequence[int])
     return torch.cat([pos[:1], patch.flatten(2)[0].T.to(pos.dtype)])
 
 
-def run_block(block: nn.Module, x: Tensor) -> Tensor:
-    """Apply an open_clip residual block to batch-first tokens, whatever its attention layout."""
+def run_block(block: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """Apply an open_clip residual block to batch-first tokens, whatever its attention layout,
+    with an optional additive attention mask."""
     if block.attn.batch_first:
-        return block(x)
-    return block(x.transpose(0, 1)).transpose(0, 1)
+        return block(x, attn_mask=attn_mask)
+    return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
 
 
 def value_path(block: nn.Module, x: Tensor) -> Tensor:
@@ -200,6 +203,20 @@ def _with_mlp(block: nn.Module, x: Tensor) -> Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def segearth_attention(block: nn.Module, x: Tensor) -> Tensor:
+    """SegEarth-OV's last block (``model_type='SegEarth'``, ``ignore_residual=True``):
+    ``out_proj(A @ v)`` per head, ``A = softmax(q q^T s) + softmax(k k^T s) + softmax(v v^T s)``
+    with ``s = head_dim ** -0.5`` and q, k, v from ``ln_1(x)``; no residual, no MLP."""
+    attn = block.attn
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    scale = (width // heads) ** -0.5
+    weights = sum(torch.softmax(a @ a.transpose(-2, -1) * scale, dim=-1) for a in (q, k, v))
+    return attn.out_proj((weights @ v).transpose(1, 2).reshape(batch, length, width))
+
+
 #: Dense replacements of the last block, applied to its input tokens (B, 1 + h*w, C).
 DENSE_MODES: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
     # MaskCLIP's released code: each token keeps its own residual and the MLP.
@@ -208,20 +225,27 @@ DENSE_MODES: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {
     "value": value_path,
     # Cat-Seg: the CLS token's input is the residual of every token, then the MLP.
     "catseg": lambda block, x: _with_mlp(block, x[:, :1] + value_path(block, x)),
+    # SegEarth-OV: q-q, k-k and v-v self-attention summed, no residual, no MLP.
+    "segearth": segearth_attention,
 }
 
+PosResize = Callable[[Tensor, Sequence[int], Sequence[int]], Tensor]
 
-def embed_tokens(visual: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+
+def embed_tokens(
+    visual: nn.Module, images: Tensor, resize_pos: PosResize = interpolate_pos_embed
+) -> tuple[Tensor, tuple[int, int]]:
     """Tokens (B, 1 + h*w, C) after ``ln_pre`` of an open_clip ViT image tower, with the CLS
-    token and the positional embedding resized to the grid (h, w); sides that are not multiples
-    of the patch are zero-padded at the bottom/right."""
+    token and the positional embedding resized to the grid (h, w) by ``resize_pos(pos,
+    pretrained grid, grid)``; sides that are not multiples of the patch are zero-padded at the
+    bottom/right."""
     ph, pw = visual.patch_size
     images = F.pad(images, (0, -images.shape[-1] % pw, 0, -images.shape[-2] % ph))
     x = visual.conv1(images.to(visual.conv1.weight.dtype))
     grid = (x.shape[-2], x.shape[-1])
     x = x.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    pos = interpolate_pos_embed(visual.positional_embedding, visual.grid_size, grid)
+    pos = resize_pos(visual.positional_embedding, visual.grid_size, grid)
     x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
     return visual.ln_pre(x), grid
 
@@ -232,14 +256,19 @@ def tokens_to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
 
 
 def run_blocks(
-    visual: nn.Module, images: Tensor, blocks: Sequence[int], allowed: int, stop: int
+    visual: nn.Module,
+    images: Tensor,
+    blocks: Sequence[int],
+    allowed: int,
+    stop: int,
+    resize_pos: PosResize = interpolate_pos_embed,
 ) -> tuple[Tensor, tuple[int, int], list[Tensor]]:
     """Run blocks ``0..stop-1`` of an image tower; return the tokens, the grid and the raw
     outputs (B, C, h, w) of ``blocks`` (each must be below ``allowed``)."""
     for index in blocks:
         if not 0 <= index < allowed:
             raise ValueError(f"block index {index} is outside 0..{allowed - 1}")
-    x, grid = embed_tokens(visual, images)
+    x, grid = embed_tokens(visual, images, resize_pos)
     saved = {}
     for index, block in enumerate(visual.transformer.resblocks[:stop]):
         x = run_block(block, x)
@@ -250,20 +279,25 @@ def run_blocks(
 
 @dataclass
 class DenseFeatures:
-    """Dense last-block features (B, D, h, w) and the requested raw block outputs (B, C, h, w)."""
+    """Dense last-block features (B, D, h, w), the requested raw block outputs (B, C, h, w) and
+    the CLS token's output of the dense last block (B, D), after ``ln_post`` and ``proj``."""
 
     dense: Tensor
     blocks: list[Tensor]
+    cls: Tensor
 
 
 class DenseCLIP(nn.Module):
     """An open_clip CLIP ViT that yields per-patch features (see the module docstring)."""
 
-    def __init__(self, model: open_clip.CLIP) -> None:
+    def __init__(
+        self, model: open_clip.CLIP, resize_pos: PosResize = interpolate_pos_embed
+    ) -> None:
         super().__init__()
         if not hasattr(model.visual, "transformer"):
             raise ValueError("DenseCLIP needs an open_clip ViT image tower")
         self.model = model
+        self.resize_pos = resize_pos
 
     @property
     def patch_size(self) -> tuple[int, int]:
@@ -286,9 +320,9 @@ class DenseCLIP(nn.Module):
             raise ValueError(f"unknown dense mode '{mode}' (known: {', '.join(DENSE_MODES)})")
         last = self.num_blocks - 1
         visual = self.model.visual
-        x, grid, saved = run_blocks(visual, images, blocks, last, last)
+        x, grid, saved = run_blocks(visual, images, blocks, last, last, self.resize_pos)
         x = visual.ln_post(DENSE_MODES[mode](visual.transformer.resblocks[-1], x)) @ visual.proj
-        return DenseFeatures(tokens_to_map(x, grid), saved)
+        return DenseFeatures(tokens_to_map(x, grid), saved, x[:, 0])
 
     def encode_dense(self, images: Tensor, mode: str = "maskclip") -> Tensor:
         """Dense features (B, D, ceil(H/p), ceil(W/p)) of CLIP-normalised ``images``."""
@@ -297,4 +331,5 @@ class DenseCLIP(nn.Module):
     def intermediate(self, images: Tensor, blocks: Sequence[int]) -> list[Tensor]:
         """Raw residual-stream outputs (B, C, h, w) of ``blocks`` (0-based), CLS dropped."""
         visual = self.model.visual
-        return run_blocks(visual, images, blocks, self.num_blocks, max(blocks, default=-1) + 1)[2]
+        stop = max(blocks, default=-1) + 1
+        return run_blocks(visual, images, blocks, self.num_blocks, stop, self.resize_pos)[2]
