@@ -6,6 +6,7 @@ from ovrsisbench.adapters.gsnet import GSNetAdapter
 from ovrsisbench.adapters.maskclip import MaskCLIPAdapter
 from ovrsisbench.adapters.ovrs import OVRSAdapter
 from ovrsisbench.adapters.rsktseg import RSKTSegAdapter
+from ovrsisbench.adapters.san import SANAdapter
 from ovrsisbench.adapters.segearth_ov import SegEarthOVAdapter
 
 BUILTINS: dict[str, type[Adapter]] = {
@@ -14,5 +15,6 @@ BUILTINS: dict[str, type[Adapter]] = {
     "maskclip": MaskCLIPAdapter,
     "ovrs": OVRSAdapter,
     "rsktseg": RSKTSegAdapter,
+    "san": SANAdapter,
     "segearth_ov": SegEarthOVAdapter,
 }

@@ -23,13 +23,16 @@ NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 
 def detectron2_param_groups(
-    network: nn.Module, weight_decay: float, multipliers: dict[str, float]
+    network: nn.Module,
+    weight_decay: float,
+    multipliers: dict[str, float],
+    no_decay_names: tuple[str, ...] = NO_DECAY_NAMES,
 ) -> list[dict[str, Any]]:
     """The trainable parameters of ``network`` in AdamW groups (``params``, ``lr_mult``,
     ``weight_decay``, ``name``): ``lr_mult`` is ``multipliers[prefix]`` for names starting with
     one of its prefixes (e.g. ``{"clip.": 0.01}``, the original's CLIP_MULTIPLIER), else 1.0;
-    ``weight_decay`` is 0 for parameters of ``NO_DECAY_MODULES`` or named like
-    ``NO_DECAY_NAMES``, else ``weight_decay``. Groups are named after the prefix (``clip``) or
+    ``weight_decay`` is 0 for parameters of ``NO_DECAY_MODULES`` or whose name contains one of
+    ``no_decay_names``, else ``weight_decay``. Groups are named after the prefix (``clip``) or
     ``new``, with ``_no_decay`` appended; empty ones are left out."""
     groups: dict[str, dict[str, Any]] = {}
     seen: set[int] = set()
@@ -41,7 +44,7 @@ def detectron2_param_groups(
             full_name = f"{module_name}.{name}" if module_name else name
             prefix = next((p for p in multipliers if full_name.startswith(p)), None)
             no_decay = isinstance(module, NO_DECAY_MODULES) or any(
-                key in name for key in NO_DECAY_NAMES
+                key in name for key in no_decay_names
             )
             label = (prefix.strip(".") if prefix else "new") + ("_no_decay" if no_decay else "")
             group = groups.setdefault(

@@ -26,10 +26,29 @@ MASKCLIP_TEMPLATES: tuple[str, ...] = IMAGENET_TEMPLATES + (
 #: The single template of the released Cat-Seg-family configs (RSKT-Seg, Cat-Seg, GSNet, OVRS).
 RSKTSEG_TEMPLATES: tuple[str, ...] = ("A photo of a {} in the scene",)
 
+#: The 14 ViLD templates SAN averages over (MendelXu/SAN san/model/clip_utils/utils.py, "vild").
+VILD_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "maskclip": MASKCLIP_TEMPLATES,
     "imagenet": IMAGENET_TEMPLATES,
     "rsktseg": RSKTSEG_TEMPLATES,
+    "vild": VILD_TEMPLATES,
     "single": ("a photo of a {}.",),  # MaskCLIP's --no-prompt-eng setting
 }
 
