@@ -7,6 +7,7 @@ from ovrsisbench.adapters.maskclip import MaskCLIPAdapter
 from ovrsisbench.adapters.ovrs import OVRSAdapter
 from ovrsisbench.adapters.rsktseg import RSKTSegAdapter
 from ovrsisbench.adapters.san import SANAdapter
+from ovrsisbench.adapters.sed import SEDAdapter
 from ovrsisbench.adapters.segearth_ov import SegEarthOVAdapter
 
 BUILTINS: dict[str, type[Adapter]] = {
@@ -16,5 +17,6 @@ BUILTINS: dict[str, type[Adapter]] = {
     "ovrs": OVRSAdapter,
     "rsktseg": RSKTSegAdapter,
     "san": SANAdapter,
+    "sed": SEDAdapter,
     "segearth_ov": SegEarthOVAdapter,
 }

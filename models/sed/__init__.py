@@ -1,0 +1,1 @@
+"""SED (spec baselines.md)."""
