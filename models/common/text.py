@@ -108,3 +108,23 @@ def max_over_synonyms(scores: Tensor, class_index: Tensor, num_classes: int) -> 
     shape = (scores.shape[0], num_classes, *scores.shape[2:])
     index = class_index.view(1, -1, *[1] * (scores.dim() - 2)).expand_as(scores)
     return scores.new_full(shape, float("-inf")).scatter_reduce(1, index, scores, "amax")
+
+
+class NameEmbeddings(nn.Module):
+    """A network part holding a ``TextClassifier``: the L2-normalised name embeddings
+    (``text_embeddings``, N x D) and their classes (``class_index``), as non-persistent buffers
+    that follow the module's device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_names = self.num_classes = 0
+        self.register_buffer("text_embeddings", torch.empty(0), persistent=False)
+        self.register_buffer("class_index", torch.empty(0, dtype=torch.long), persistent=False)
+
+    def set_classifier(self, classifier: TextClassifier) -> None:
+        """Score against ``classifier``'s names from now on."""
+        device = self.text_embeddings.device
+        self.text_embeddings = F.normalize(classifier.embeddings.float(), dim=-1).to(device)
+        self.class_index = classifier.class_index.to(device)
+        self.num_names = classifier.embeddings.shape[0]
+        self.num_classes = classifier.num_classes

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..common.dense_clip import DenseCLIP
-from ..common.text import TextClassifier, max_over_synonyms
+from ..common.text import NameEmbeddings, max_over_synonyms
 
 #: LayerNorm epsilon of MaskCLIP's mmseg ViT (``norm_cfg=dict(type='LN', eps=1e-6)``).
 MMSEG_LN_EPS = 1e-6
@@ -27,7 +27,7 @@ def use_mmseg_numerics(visual: nn.Module) -> None:
         block.mlp.gelu = nn.GELU()
 
 
-class MaskCLIP(nn.Module):
+class MaskCLIP(NameEmbeddings):
     """Per-pixel class scores: cosine of L2-normalised dense features and text embeddings.
 
     Scores are raw cosines (no temperature), reduced to one per class by the max over its
@@ -38,16 +38,6 @@ class MaskCLIP(nn.Module):
         super().__init__()
         self.clip = clip
         self.mode = mode
-        self.num_classes = 0
-        self.register_buffer("text_embeddings", torch.empty(0), persistent=False)
-        self.register_buffer("class_index", torch.empty(0, dtype=torch.long), persistent=False)
-
-    def set_classifier(self, classifier: TextClassifier) -> None:
-        """Use ``classifier`` (normalised name embeddings and their classes) from now on."""
-        device = self.text_embeddings.device
-        self.text_embeddings = F.normalize(classifier.embeddings.float(), dim=-1).to(device)
-        self.class_index = classifier.class_index.to(device)
-        self.num_classes = classifier.num_classes
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, K, H, W) scores for CLIP-normalised images (B, 3, H, W)."""

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..common.dense_clip import TINY_VIT_CONFIG, DenseCLIP, build_clip, model_config
-from ..common.text import TextClassifier, max_over_synonyms
+from ..common.text import NameEmbeddings, max_over_synonyms
 from .upsampler import SimFeatUp
 
 #: SegEarth-OV's pixel statistics (``SegDataPreProcessor``, RGB, 0-255 scale): CLIP's, rounded.
@@ -99,7 +99,7 @@ def reject_background(probabilities: Tensor, index: int, threshold: float) -> Te
     )
 
 
-class SegEarthOV(nn.Module):
+class SegEarthOV(NameEmbeddings):
     """Per-name logits of CLIP-normalised crops (see the module docstring)."""
 
     def __init__(
@@ -109,17 +109,6 @@ class SegEarthOV(nn.Module):
         self.clip = clip
         self.upsampler = upsampler
         self.cls_bias = cls_bias
-        self.num_names = self.num_classes = 0
-        self.register_buffer("text_embeddings", torch.empty(0), persistent=False)
-        self.register_buffer("class_index", torch.empty(0, dtype=torch.long), persistent=False)
-
-    def set_classifier(self, classifier: TextClassifier) -> None:
-        """Score against ``classifier``'s L2-normalised name embeddings from now on."""
-        device = self.text_embeddings.device
-        self.text_embeddings = F.normalize(classifier.embeddings.float(), dim=-1).to(device)
-        self.class_index = classifier.class_index.to(device)
-        self.num_names = classifier.embeddings.shape[0]
-        self.num_classes = classifier.num_classes
 
     def probabilities(self, logits: Tensor, logit_scale: float = LOGIT_SCALE) -> Tensor:
         """Per-class probabilities (B, K, ...) of per-name logits (B, N, ...)."""
