@@ -51,6 +51,12 @@ def test_wheel_layout(wheel):
         "ovrsisbench/reference/rsktseg_table1.csv",
     ):
         assert expected in names
+    # every model package and every vocabulary of the checkout is in the wheel (pyproject lists
+    # packages one by one)
+    for package in sorted((ROOT / "models").glob("*/__init__.py")):
+        assert f"ovrsisbench/models/{package.parent.name}/__init__.py" in names, package
+    for vocabulary in sorted((ROOT / "protocols" / "vocab").glob("*.yaml")):
+        assert f"ovrsisbench/protocols/vocab/{vocabulary.name}" in names, vocabulary
 
 
 def test_installed_wheel_finds_builtins_and_data(wheel, tmp_path):
