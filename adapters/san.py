@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from ovrsisbench.adapter import (
     TrainingRecipe,
+    check_number_option,
     file_sha256,
     weights_cache,
 )
@@ -188,9 +189,7 @@ class SANAdapter(CheckpointAdapter):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         for key, lowest in (("seed", 0), ("train_size", 32)):
-            value = self.options[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-                raise UserError(f"san option {key} must be an integer >= {lowest}, got {value!r}")
+            check_number_option(self.name, key, self.options[key], lowest, integer=True)
         self.network: SAN | None = None
         self.text: TextClassifier | None = None
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ovrsisbench.adapter import (
     TrainingRecipe,
+    check_number_option,
     file_sha256,
     weights_cache,
 )
@@ -104,13 +105,6 @@ class SEDLoss:
         return sum(self.loss_fn(logits, labels) for logits in (outputs.logits, *outputs.aux))
 
 
-def _check_number(name: str, key: str, value: Any, minimum: float, integer: bool) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-        what = "an integer" if integer else "a number"
-        raise UserError(f"{name} option {key} must be {what} >= {minimum}, got {value!r}")
-
-
 class SEDAdapter(CheckpointAdapter):
     """SED (see the module docstring)."""
 
@@ -147,9 +141,9 @@ class SEDAdapter(CheckpointAdapter):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         for key in ("eval_pooling", "topk", "train_size"):
-            _check_number(self.name, key, self.options[key], 1, integer=True)
-        _check_number(self.name, "seed", self.options["seed"], 0, integer=True)
-        _check_number(self.name, "clip_multiplier", self.options["clip_multiplier"], 0, False)
+            check_number_option(self.name, key, self.options[key], 1, integer=True)
+        check_number_option(self.name, "seed", self.options["seed"], 0, integer=True)
+        check_number_option(self.name, "clip_multiplier", self.options["clip_multiplier"], 0)
         self.network: SED | None = None
         self.text: Tensor | None = None
 

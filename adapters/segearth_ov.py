@@ -41,6 +41,7 @@ from torch import nn
 from ovrsisbench.adapter import (
     BackgroundRule,
     PromptAdapter,
+    check_number_option,
     file_sha256,
     json_sha256,
     state_dict_sha256,
@@ -68,21 +69,11 @@ UPSAMPLER_URL = (
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def _integer(name: str, value: Any, lowest: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise UserError(f"segearth_ov option {name} must be an integer >= {lowest}, got {value!r}")
-
-
 def _sha256(path: Path | None, module: nn.Module | None) -> str | None:
     """A file's SHA-256, else that of a module's (random) weights, else None."""
     if path is not None:
         return file_sha256(path)
     return None if module is None else state_dict_sha256(module)
-
-
-def _number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UserError(f"segearth_ov option {name} must be a number, got {value!r}")
 
 
 class SegEarthOVAdapter(PromptAdapter):
@@ -120,10 +111,10 @@ class SegEarthOVAdapter(PromptAdapter):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         for key in ("long_side", "window", "stride"):
-            _integer(key, self.options[key])
-        _integer("seed", self.options["seed"], 0)
+            check_number_option(self.name, key, self.options[key], 1, integer=True)
+        check_number_option(self.name, "seed", self.options["seed"], 0, integer=True)
         for key in ("cls_bias", "logit_scale"):
-            _number(key, self.options[key])
+            check_number_option(self.name, key, self.options[key])
         if self.options["stride"] > self.options["window"]:
             raise UserError(
                 f"segearth_ov option stride={self.options['stride']} exceeds window="
@@ -243,6 +234,10 @@ class SegEarthOVAdapter(PromptAdapter):
                     f"vocabulary's {len(self.classes)} classes"
                 )
         return rule
+
+    def set_vocabulary(self, classes: list[list[str]]) -> None:
+        self.background = None  # a rule belongs to the vocabulary it came with
+        super().set_vocabulary(classes)
 
     def set_background(self, rule: BackgroundRule | None) -> None:
         self.background = self._checked(rule)

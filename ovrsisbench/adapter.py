@@ -134,7 +134,8 @@ class Adapter:
 
     def set_background(self, rule: BackgroundRule | None) -> None:
         """Apply ``rule`` (None: none) to the scores of the vocabulary set last; called by the
-        evaluator after ``set_vocabulary``. The default ignores it (``applies_background``)."""
+        evaluator after every ``set_vocabulary``, which clears the rule of an adapter that
+        applies one. The default ignores it (``applies_background``)."""
 
     # -- introspection ------------------------------------------------------------------------
     def build(self, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -181,6 +182,22 @@ class PromptAdapter(Adapter):
     def embed_classes(self) -> None:
         """Embed ``self.classes`` with ``self.network`` (both are set)."""
         raise NotImplementedError
+
+
+def check_number_option(
+    adapter: str, key: str, value: Any, minimum: float | None = None, integer: bool = False
+) -> None:
+    """A UserError unless option ``key`` of ``adapter`` is a number (an integer with
+    ``integer``; never a boolean) and, when ``minimum`` is given, at least ``minimum``."""
+    kinds = (int,) if integer else (int, float)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or (minimum is not None and value < minimum)
+    ):
+        what = "an integer" if integer else "a number"
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise UserError(f"{adapter} option {key} must be {what}{bound}, got {value!r}")
 
 
 def _json_values(name: str, options: dict[str, Any]) -> dict[str, Any]:

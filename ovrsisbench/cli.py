@@ -444,6 +444,7 @@ def train(
     from ovrsisbench.train import train as train_adapter
 
     proto = load_protocol(protocol)
+    proto.training_entry()  # an evaluation-only protocol is refused before any weights load
     if not find_adapter(model).cls.trainable:
         raise UserError(f"model '{model}' is not trainable (it is evaluated as is)")
     options = parse_options(option, backbone)

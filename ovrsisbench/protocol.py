@@ -119,6 +119,15 @@ class Protocol:
     evaluation: tuple[EvalEntry, ...]
     path: Path
 
+    def training_entry(self) -> EvalEntry:
+        """The split to train on; a UserError for an evaluation-only protocol."""
+        if self.train is None:
+            raise UserError(
+                f"protocol {self.name!r} ({self.path}) is evaluation-only: it names no "
+                "training dataset (choose a protocol with a train entry, e.g. dlrsd or isaid)"
+            )
+        return self.train
+
     def select(self, datasets: list[str] | None) -> list[EvalEntry]:
         """Evaluation entries for ``datasets`` in protocol order; None selects all."""
         if datasets is None:

@@ -320,12 +320,7 @@ class _Trainer:
         self.adapter = adapter
         self.protocol = protocol
         self.out = Path(out)
-        entry = protocol.train
-        if entry is None:
-            raise UserError(
-                f"protocol {protocol.name!r} ({protocol.path}) is evaluation-only: it names no "
-                "training dataset (choose a protocol with a train entry, e.g. dlrsd or isaid)"
-            )
+        entry = protocol.training_entry()
         dataset = open_dataset(data_root, entry.dataset)
         entry.vocabulary.check_dataset(dataset.meta.classes, str(dataset.directory / "meta.json"))
         self.samples = SegmentationDataset(dataset, entry.split, entry.vocabulary.lookup_table())

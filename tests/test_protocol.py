@@ -219,6 +219,12 @@ def test_native_label_spaces_of_segearth_files():
     assert uavid[5] == uavid[6] == 3
 
 
+def test_v1_vocabulary_hash_is_stable():
+    # records name vocabularies by this hash: changing how it is computed orphans every record
+    expected = "49788febe490bca2dc29e2a2cdd10be06d529b625c2a6ead26b66304be7432a7"
+    assert load_vocabulary("dlrsd").sha256 == expected
+
+
 def test_background_rule_enters_the_hash(tmp_path):
     packaged = load_vocabulary("potsdam-segearth")
     data = yaml.safe_load(packaged.path.read_text())

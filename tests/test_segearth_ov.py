@@ -27,6 +27,7 @@ from ovrsisbench.models.segearth_ov import (
     SimFeatUp,
     adaptive_conv,
     build_network,
+    class_probabilities,
     load_upsampler,
 )
 from ovrsisbench.models.segearth_ov.model import segearth_pos_embed
@@ -348,6 +349,21 @@ def test_scores_are_softmax_over_all_names_then_max_over_synonyms(quick):
     torch.testing.assert_close(per_name.sum(1), torch.ones(1, 64, 64))
     expected = torch.stack([per_name[:, :2].amax(1), per_name[:, 2], per_name[:, 3]], dim=1)
     torch.testing.assert_close(quick.predict(images), expected)
+
+
+def test_class_probabilities_by_hand():
+    # two classes, three names (class 0: names 0 and 1): softmax of 50 x logits over all names
+    logits = torch.tensor([0.20, 0.25, 0.22]).view(1, 3, 1, 1)
+    exp = [math.exp(50 * value) for value in (0.20, 0.25, 0.22)]
+    expected = torch.tensor([max(exp[0], exp[1]), exp[2]]) / sum(exp)
+    got = class_probabilities(logits, torch.tensor([0, 0, 1]), 2, 50)
+    torch.testing.assert_close(got.view(2), expected.float())
+
+
+def test_a_new_vocabulary_drops_the_previous_background_rule(quick):
+    quick.set_background(BackgroundRule(index=1, threshold=0.9))
+    quick.set_vocabulary(VOCABULARY)
+    assert quick.background is None and quick.describe()["background_rule"] is None
 
 
 def test_background_rule_changes_exactly_the_low_confidence_pixels(quick):

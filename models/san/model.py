@@ -181,10 +181,6 @@ class SAN(nn.Module):
             x = run_block(block, x, mask)
         return F.normalize(visual.ln_post(x[:, :queries]) @ visual.proj, dim=-1)
 
-    def encode_text(self, tokens: Tensor) -> Tensor:
-        """Unnormalised CLIP text embeddings (T, D) of token ids (T, context_length)."""
-        return self.clip.encode_text(tokens)
-
     def classifier(self, text: Tensor) -> Tensor:
         """The (T + 1, D) classifier: unit text rows and the void embedding, normalised, times
         CLIP's logit scale."""
