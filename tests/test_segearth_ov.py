@@ -178,12 +178,13 @@ def _adaptive_conv_reference(padded, kernel):
     return out.float()
 
 
-def test_chunked_filter_equals_the_direct_reference_whatever_the_chunk():
+def test_tiled_filter_equals_the_direct_reference_whatever_the_tiles():
     generator = torch.Generator().manual_seed(0)
     padded = torch.randn(2, 7, 9 + 4, 6 + 4, generator=generator)
     kernel = torch.randn(2, 25, 9, 6, generator=generator)
     expected = _adaptive_conv_reference(padded, kernel)
-    results = [adaptive_conv(padded, kernel, chunk) for chunk in (1, 3, 7, 64)]
+    tiles = [(1, 1), (3, 2), (7, 4), (64, 9), (128, 8), (2, 100)]  # (channels, rows)
+    results = [adaptive_conv(padded, kernel, chunk, rows) for chunk, rows in tiles]
     torch.testing.assert_close(results[0], expected, rtol=1e-5, atol=1e-5)
     assert all(torch.equal(result, results[0]) for result in results[1:])
 
