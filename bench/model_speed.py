@@ -1,4 +1,4 @@
-"""Network speed on CPU of RSKT-Seg, Cat-Seg, OVRS or GSNet (--model): parameters, GFLOPs per image,
+"""Network speed on CPU of one model (--model): parameters, GFLOPs per image,
 ms/image of the model's own test protocol next to the machine's matmul peak measured in the same
 run (target ratio >= 0.5), and, for the rotation models (RSKT-Seg, OVRS), the CLIP rotations run
 as one batch next to four sequential passes (same weights, same input). --compare adds RSKT-Seg
@@ -17,8 +17,15 @@ are counted by torch's FlopCounterMode over one protocol call (a multiply-add co
 FLOPs). Times are the median of --repeats after one warm-up; the matmul peak is the best of
 several fp32 2048^3 `torch.mm`.
 
-Usage: python bench/model_speed.py [--model rsktseg|catseg|ovrs|gsnet] [--backbone vit-b|vit-l|tiny]
-    [--size 640] [--classes 17] [--repeats 3] [--threads N] [--compare]
+SAN, SED and SegEarth-OV are timed through their adapters' ``predict`` (each model's own test
+protocol, ``ovrsisbench.adapters.san|sed|segearth_ov``) on a network built by the adapter with
+random weights, the --classes names embedded by its text encoder: SAN one pass at shortest edge 640
+(CLIP at 0.5x / 0.7x), SED the image squashed to 768x768, SegEarth-OV the long side resized to 448
+and 224 windows at stride 112 through the SimFeatUp upsampler.
+
+Usage: python bench/model_speed.py [--model rsktseg|catseg|ovrs|gsnet|san|sed|segearth_ov]
+    [--backbone vit-b|vit-l|convnext-b|convnext-l|tiny] [--size 640] [--classes 17] [--repeats 3]
+    [--threads N] [--compare]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
 
+from ovrsisbench.adapter import create_adapter
 from ovrsisbench.adapters.catseg_family import CLIP_MEAN_255, CLIP_STD_255
 from ovrsisbench.inference import catseg_slide_inference, normalize, pad_to_multiple
 from ovrsisbench.models.catseg.model import CONFIGS as CATSEG_CONFIGS
@@ -94,6 +102,25 @@ MODELS = {
     "ovrs": (OVRS, CATSEG_CONFIGS, "OVRS", "slide"),
     "gsnet": (GSNet, GSNET_CONFIGS, "GSNet", "slide"),
 }
+
+
+#: models timed through their adapter's own protocol: name, default backbone, protocol
+ADAPTER_MODELS = {
+    "san": ("SAN", "vit-b", "single pass"),
+    "sed": ("SED", "convnext-b", "squash to 768"),
+    "segearth_ov": ("SegEarth-OV", "vit-b", "224/112 sliding window"),
+}
+
+
+def adapter_protocol(
+    model: str, backbone: str, images01: torch.Tensor, classes: int
+) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """The adapter's network (random weights, seeded) and a call of its ``predict``."""
+    adapter = create_adapter(model, backbone=backbone)
+    torch.manual_seed(0)
+    adapter.use_network(adapter.build("cpu").eval())
+    adapter.set_vocabulary([[f"class {index}"] for index in range(classes)])
+    return adapter.network, lambda: adapter.predict(images01)
 
 
 def build(model: str, backbone: str) -> torch.nn.Module:
@@ -188,8 +215,8 @@ def compare(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="rsktseg")
-    parser.add_argument("--backbone", choices=sorted(RSKTSEG_CONFIGS), default="vit-b")
+    parser.add_argument("--model", choices=sorted({*MODELS, *ADAPTER_MODELS}), default="rsktseg")
+    parser.add_argument("--backbone", default=None, help="default: vit-b (SED: convnext-b)")
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--classes", type=int, default=17)
     parser.add_argument("--repeats", type=int, default=3)
@@ -198,23 +225,29 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    _, configs, title, protocol_name = MODELS[args.model]
-    config = configs[args.backbone]
-    model = build(args.model, args.backbone)
+    images255 = torch.rand(1, 3, args.size, args.size) * 255
+    if args.model in ADAPTER_MODELS:
+        title, default_backbone, protocol_name = ADAPTER_MODELS[args.model]
+        args.backbone = args.backbone or default_backbone
+        model, call = adapter_protocol(args.model, args.backbone, images255 / 255, args.classes)
+        rotates = False
+    else:
+        _, configs, title, protocol_name = MODELS[args.model]
+        args.backbone = args.backbone or "vit-b"
+        config = configs[args.backbone]
+        model = build(args.model, args.backbone)
+        text = text_for(model, args.classes)
+        call = protocol(model, protocol_name, images255, text)
+        clip_images = F.interpolate(
+            normalize(images255, CLIP_MEAN_255, CLIP_STD_255),
+            size=(config.clip_size, config.clip_size),
+            mode="bilinear",
+            align_corners=False,
+        )
+        rotates = hasattr(model, "batched_rotations")
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
-
-    images255 = torch.rand(1, 3, args.size, args.size) * 255
-    text = text_for(model, args.classes)
-    call = protocol(model, protocol_name, images255, text)
-    clip_images = F.interpolate(
-        normalize(images255, CLIP_MEAN_255, CLIP_STD_255),
-        size=(config.clip_size, config.clip_size),
-        mode="bilinear",
-        align_corners=False,
-    )
-    rotates = hasattr(model, "batched_rotations")
 
     with torch.inference_mode():
         gflops = count_gflops(call)
