@@ -35,7 +35,7 @@ from ovrsisbench.adapters.catseg_family import (
 )
 from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
-from ovrsisbench.models.catseg.checkpoint import KEYS, CheckpointMismatchError
+from ovrsisbench.models.catseg.checkpoint import KEYS
 from ovrsisbench.models.catseg.model import CONFIGS, CatSeg, CatSegConfig
 from ovrsisbench.models.common.catseg_clip import CLIP_NAMES
 from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_pretrained
@@ -126,10 +126,7 @@ class CatSegAdapter(CatSegFamilyAdapter):
             self.name, "a Cat-Seg-format", state, path, self.options["backbone"]
         )
         network = self._network(self._config(backbone), "cpu")
-        try:
-            KEYS.load(network, state)
-        except CheckpointMismatchError as error:
-            raise UserError(f"{self.name}: {path} does not fit {backbone}: {error}") from None
+        self.strict_load(lambda: KEYS.load(network, state), path, backbone)
         self._sha256 = file_sha256(path)
         return network
 

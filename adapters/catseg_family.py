@@ -195,12 +195,7 @@ class CatSegFamilyAdapter(CheckpointAdapter):
     def training_recipe(self, classes: list[list[str]]) -> TrainingRecipe:
         """The original training of the loaded network on ``classes`` (the first name of each,
         in the adapter's template, as at inference)."""
-        if self.network is None:
-            raise RuntimeError(f"{self.name}: call load() before training_recipe()")
-        if not classes or any(not names for names in classes):
-            raise UserError(f"{self.name}: every training class needs at least one prompt name")
-        network = self.network
-        network.set_trainable()
+        network = self.training_network(classes)
         tokenizer = get_tokenizer(network.config.clip_arch)
         device = next(network.parameters()).device
         loss = self.loss_class()(

@@ -36,7 +36,7 @@ from ovrsisbench.adapters.catseg_family import (
 from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.common.rsib import RSIB_FILE, RSIB_SOURCE, load_rsib_checkpoint
-from ovrsisbench.models.gsnet.checkpoint import DINO_PREFIX, KEYS, CheckpointMismatchError
+from ovrsisbench.models.gsnet.checkpoint import DINO_PREFIX, KEYS
 from ovrsisbench.models.gsnet.model import CONFIGS, GSNet, GSNetConfig
 
 #: GSNet's schedule (configs/vitb_384.yaml, scripts/train.sh: 30k iterations, batch 4 on 2 GPUs).
@@ -123,10 +123,7 @@ class GSNetAdapter(CatSegAdapter):
             self._load_rsib(network, rsib)
             state.update({DINO_PREFIX + k: v for k, v in network.dino.state_dict().items()})
             hashes.append(file_sha256(rsib))
-        try:
-            KEYS.load(network, state)
-        except CheckpointMismatchError as error:
-            raise UserError(f"gsnet: {path} does not fit {backbone}: {error}") from None
+        self.strict_load(lambda: KEYS.load(network, state), path, backbone)
         self._sha256 = hashes[0] if len(hashes) == 1 else json_sha256(hashes)
         return network
 

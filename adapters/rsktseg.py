@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,6 @@ from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_p
 from ovrsisbench.models.common.rsib import RSIB_FILE, RSIB_SOURCE
 from ovrsisbench.models.rsktseg.checkpoint import (
     KEYS,
-    CheckpointMismatchError,
     load_original,
     num_layers,
 )
@@ -205,10 +205,10 @@ class RSKTSegAdapter(CatSegFamilyAdapter):
         state = read_checkpoint(path, self.name, KEYS)
         backbone, layers = self._checkpoint_shape(state, path)
         network = self._network(backbone, layers, "cpu")
-        try:
-            self.unused_keys = load_original(network, state, network.unused_original_keys())
-        except CheckpointMismatchError as error:
-            raise UserError(f"rsktseg: {path} does not fit {backbone}: {error}") from None
+        unused = network.unused_original_keys()
+        self.unused_keys = self.strict_load(
+            partial(load_original, network, state, unused), path, backbone
+        )
         self._sha256 = file_sha256(path)
         return network
 

@@ -72,7 +72,7 @@ from ovrsisbench.models.common.text import (
     get_tokenizer,
     max_over_synonyms,
 )
-from ovrsisbench.models.san.checkpoint import CLASS_EMBEDDING_KEY, CheckpointMismatchError
+from ovrsisbench.models.san.checkpoint import CLASS_EMBEDDING_KEY
 from ovrsisbench.models.san.checkpoint import load as load_original
 from ovrsisbench.models.san.criterion import IGNORE_INDEX, SetCriterion, semantic_targets
 from ovrsisbench.models.san.model import CONFIGS, SAN, SANConfig, semantic_scores
@@ -235,10 +235,7 @@ class SANAdapter(CheckpointAdapter):
             self.name, "a SAN", state, path, self.options["backbone"], key
         )
         network = SAN(CONFIGS[backbone])
-        try:
-            load_original(network, state)
-        except CheckpointMismatchError as error:
-            raise UserError(f"san: {path} does not fit {backbone}: {error}") from None
+        self.strict_load(lambda: load_original(network, state), path, backbone)
         self._sha256 = file_sha256(path)
         return network
 
@@ -274,12 +271,7 @@ class SANAdapter(CheckpointAdapter):
     # -- training -----------------------------------------------------------------------------
     def training_recipe(self, classes: list[list[str]]) -> TrainingRecipe:
         """SAN's training of the loaded network on ``classes`` (see the module docstring)."""
-        if self.network is None:
-            raise RuntimeError("san: call load() before training_recipe()")
-        if not classes or any(not names for names in classes):
-            raise UserError("san: every training class needs at least one prompt name")
-        network = self.network
-        network.set_trainable()
+        network = self.training_network(classes)
         return TrainingRecipe(
             module=network,
             # SAN's build_optimizer: one LR, no decay for norms, embeddings and EMBED_NAMES

@@ -66,7 +66,7 @@ from ovrsisbench.models.common.dense_clip import (
 )
 from ovrsisbench.models.common.losses import IGNORE_MODES, LOSSES, LossFn, segmentation_loss
 from ovrsisbench.models.common.optim import detectron2_param_groups
-from ovrsisbench.models.sed.checkpoint import KEYS, CheckpointMismatchError
+from ovrsisbench.models.sed.checkpoint import KEYS
 from ovrsisbench.models.sed.clip import RELEASED
 from ovrsisbench.models.sed.model import CONFIGS, SED
 from ovrsisbench.transforms import catseg_train_transform
@@ -193,10 +193,7 @@ class SEDAdapter(CheckpointAdapter):
             BACKBONE_OF_EMBED,
         )  # fmt: skip
         network = SED(CONFIGS[backbone])
-        try:
-            KEYS.load(network, state)
-        except CheckpointMismatchError as error:
-            raise UserError(f"sed: {path} does not fit {backbone}: {error}") from None
+        self.strict_load(lambda: KEYS.load(network, state), path, backbone)
         self._sha256 = file_sha256(path)
         return network
 
@@ -224,12 +221,7 @@ class SEDAdapter(CheckpointAdapter):
     def training_recipe(self, classes: list[list[str]]) -> TrainingRecipe:
         """SED's training of the loaded network on ``classes`` (all names of each, in the 80
         templates, embedded once by the frozen text tower)."""
-        if self.network is None:
-            raise RuntimeError("sed: call load() before training_recipe()")
-        if not classes or any(not names for names in classes):
-            raise UserError("sed: every training class needs at least one prompt name")
-        network = self.network
-        network.set_trainable()
+        network = self.training_network(classes)
         loss = SEDLoss(
             network,
             network.embed_classes(classes),

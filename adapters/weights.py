@@ -4,16 +4,18 @@ pretrained encoders with ``init=pretrained``, or the seeded tiny network)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ovrsisbench.adapter import PromptAdapter, state_dict_sha256
 from ovrsisbench.errors import UserError
-from ovrsisbench.models.common.checkpoint import OriginalKeys
+from ovrsisbench.models.common.checkpoint import CheckpointMismatchError, OriginalKeys
+
+T = TypeVar("T")
 
 #: CLIP image-tower width of the released ViT variants, to read the backbone off a checkpoint.
 BACKBONE_OF_WIDTH = {768: "vit-b", 1024: "vit-l"}
@@ -111,6 +113,24 @@ class CheckpointAdapter(PromptAdapter):
     def _tiny_network(self) -> nn.Module:
         """The tiny network (called with torch's RNG seeded by ``seed``)."""
         raise NotImplementedError
+
+    def strict_load(self, load: Callable[[], T], path: Path, backbone: str) -> T:
+        """``load()``: a strict load of ``path``'s weights; a mismatch becomes a UserError
+        naming the file and the backbone."""
+        try:
+            return load()
+        except CheckpointMismatchError as error:
+            raise UserError(f"{self.name}: {path} does not fit {backbone}: {error}") from None
+
+    def training_network(self, classes: list[list[str]]) -> nn.Module:
+        """The loaded network under its training rule (``set_trainable``), for a recipe on
+        ``classes`` (every class needs a prompt name)."""
+        if self.network is None:
+            raise RuntimeError(f"{self.name}: call load() before training_recipe()")
+        if not classes or any(not names for names in classes):
+            raise UserError(f"{self.name}: every training class needs at least one prompt name")
+        self.network.set_trainable()
+        return self.network
 
     def weights_sha256(self) -> str | None:
         return self._sha256
