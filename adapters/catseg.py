@@ -58,12 +58,15 @@ class CatSegAdapter(CatSegFamilyAdapter):
     """Cat-Seg (see the module docstring)."""
 
     name = "catseg"
+    description = "Cat-Seg (CVPR 2024): CLIP cost volume, spatial and class aggregation"
     source_url = "https://github.com/cvlab-kaist/CAT-Seg"
     licence = (
         "this re-implementation: Apache-2.0 (ovrsisbench); the original code: MIT; released "
         "weights: as the original repository states"
     )
-    demo_options = {"backbone": "tiny"}
+    # the demo's tiny model sees the whole image: one view instead of the sliding window's five
+    # at 640 px keeps the demo fast (the sliding window has its own tests)
+    demo_options = {"backbone": "tiny", "inference": "whole"}
     choices = {**COMMON_CHOICES, "backbone": (None, *CONFIGS)}
     training_defaults = TRAINING_DEFAULTS
     default_options = {

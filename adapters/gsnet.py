@@ -47,12 +47,15 @@ class GSNetAdapter(CatSegAdapter):
     """GSNet (see the module docstring)."""
 
     name = "gsnet"
+    description = "GSNet (AAAI 2025): CLIP and remote-sensing DINO costs, RIPD decoder"
     source_url = "https://github.com/yecy749/GSNet"
     licence = (
         "this re-implementation: Apache-2.0 (ovrsisbench); the original code: no licence file; "
         "weights: none stated"
     )
-    demo_options = {"backbone": "tiny"}
+    # the demo's tiny model sees the whole image: one view instead of the sliding window's five
+    # at 640 px keeps the demo fast (the sliding window has its own tests)
+    demo_options = {"backbone": "tiny", "inference": "whole"}
     choices = {key: value for key, value in CatSegAdapter.choices.items() if key != "backbone"}
     training_defaults = TRAINING_DEFAULTS
     default_options = {

@@ -32,7 +32,7 @@ upstream itself was not at hand): ``mmseg/models/backbones/vit.py``,
   such as MaskCLIP are usually compared there. ``long_side=None`` keeps the native size.
 
 Tags are downloaded by open_clip into ``$OVRSISBENCH_WEIGHTS`` (default ``~/.cache/ovrsisbench``);
-a ``weights`` path overrides ``pretrained``. ``arch="tiny"`` builds ``TINY_VIT_CONFIG`` with
+a ``weights`` path overrides ``pretrained``. ``backbone="tiny"`` builds ``TINY_VIT_CONFIG`` with
 random weights seeded by ``seed`` (``pretrained`` ignored); ``weights_sha256`` is then the
 SHA-256 of that random state dict, otherwise that of the checkpoint file.
 """
@@ -67,8 +67,7 @@ from ovrsisbench.models.maskclip import MaskCLIP, use_mmseg_numerics
 
 BACKBONES = {"vit-b": "ViT-B-16", "vit-l": "ViT-L-14-336"}
 CHOICES = {
-    "backbone": tuple(BACKBONES),
-    "arch": (None, "tiny"),
+    "backbone": (*BACKBONES, "tiny"),
     "dense": ("maskclip", "value"),
     "numerics": ("maskclip", "clip"),
     "inference": ("slide", "whole"),
@@ -80,13 +79,13 @@ class MaskCLIPAdapter(PromptAdapter):
     """Training-free MaskCLIP on an OpenAI CLIP ViT (see the module docstring)."""
 
     name = "maskclip"
+    description = "MaskCLIP (ECCV 2022): training-free dense CLIP"
     source_url = "https://github.com/chongzhou96/MaskCLIP"
     licence = "this re-implementation: Apache-2.0 (ovrsisbench); OpenAI CLIP weights: MIT"
-    demo_options = {"arch": "tiny"}
+    demo_options = {"backbone": "tiny"}
     choices = CHOICES
     default_options = {
         "backbone": "vit-b",
-        "arch": None,
         "pretrained": "openai",
         "dense": "maskclip",
         "numerics": "maskclip",
@@ -120,7 +119,7 @@ class MaskCLIPAdapter(PromptAdapter):
     @property
     def arch(self) -> str | dict[str, Any]:
         """The open_clip model name, or the tiny config dict."""
-        if self.options["arch"] == "tiny":
+        if self.options["backbone"] == "tiny":
             return TINY_VIT_CONFIG
         return BACKBONES[self.options["backbone"]]
 
@@ -139,7 +138,7 @@ class MaskCLIPAdapter(PromptAdapter):
 
     def load(self, weights: Path | None, device: torch.device | str) -> None:
         pretrained = weights
-        if pretrained is None and self.options["arch"] != "tiny":
+        if pretrained is None and self.options["backbone"] != "tiny":
             pretrained = self.options["pretrained"]
         try:
             checkpoint = resolve_pretrained(self.arch, pretrained, weights_cache())

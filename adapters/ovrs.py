@@ -23,6 +23,7 @@ class OVRSAdapter(CatSegAdapter):
     """OVRS (see the module docstring)."""
 
     name = "ovrs"
+    description = "OVRS (TGRS 2025): Cat-Seg with rotated costs, re-weighted guidance"
     source_url = "https://github.com/caoql98/OVRS"
     licence = (
         "this re-implementation: Apache-2.0 (ovrsisbench); the original code: MIT (inherited "

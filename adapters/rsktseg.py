@@ -98,6 +98,7 @@ class RSKTSegAdapter(CatSegFamilyAdapter):
     """RSKT-Seg (see the module docstring)."""
 
     name = "rsktseg"
+    description = "RSKT-Seg (AAAI 2026): rotated CLIP + RS DINO costs, efficient aggregator"
     trainable = True
     source_url = "https://github.com/LiBingyu01/RSKT-Seg"
     licence = (

@@ -164,6 +164,7 @@ class SANAdapter(CheckpointAdapter):
     """SAN (see the module docstring)."""
 
     name = "san"
+    description = "SAN (CVPR 2023): side adapter network on frozen CLIP"
     source_url = "https://github.com/MendelXu/SAN"
     licence = (
         "this re-implementation: Apache-2.0 (ovrsisbench); the original code: MIT; released "

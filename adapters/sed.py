@@ -109,6 +109,7 @@ class SEDAdapter(CheckpointAdapter):
     """SED (see the module docstring)."""
 
     name = "sed"
+    description = "SED (CVPR 2024): ConvNeXt CLIP cost, gradual-fusion decoder"
     trainable = True
     source_url = "https://github.com/xb534/SED"
     licence = (

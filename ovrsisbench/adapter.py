@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ovrsisbench.errors import UserError
+from ovrsisbench.errors import UserError, did_you_mean
 
 ENTRY_POINT_GROUP = "ovrsisbench.adapters"
 ENCODER_GROUPS = ("clip", "remoteclip", "dino")
@@ -75,6 +75,8 @@ class Adapter:
     """
 
     name: ClassVar[str] = ""
+    #: One line for ``adapters list`` (else the first line of the class docstring).
+    description: ClassVar[str] = ""
     trainable: ClassVar[bool] = False
     #: Provenance shown in submissions (``ovrsisbench submit``): the adapter's version, where the
     #: model comes from (code or paper URL) and the licence of its code and weights. Unset, an
@@ -358,8 +360,11 @@ def find_adapter(name: str) -> AdapterEntry:
     for point in _entry_points():
         if point.name == name:
             return _load_entry_point(point)
-    known = ", ".join(entry.name for entry in list_adapters()[0])
-    raise UserError(f"unknown model '{name}' (known: {known}; or give package.module:ClassName)")
+    known = [entry.name for entry in list_adapters()[0]]
+    raise UserError(
+        f"unknown model '{name}'{did_you_mean(name, known)} (known: {', '.join(known)}; or give "
+        "package.module:ClassName)"
+    )
 
 
 def create_adapter(name: str, **options: Any) -> Adapter:

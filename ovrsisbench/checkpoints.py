@@ -208,3 +208,25 @@ def load_checkpoint(
     if not isinstance(progress, dict):
         raise UserError(f"{state_json}: corrupted checkpoint file (no progress)")
     return progress
+
+
+def weights_origin(path: Path, sha256: str) -> dict[str, Any]:
+    """Where the weights file ``path`` (whose hash is ``sha256``) comes from, for result records:
+    its file name and, when it is the network file of an ``ovrsisbench train`` checkpoint (the
+    JSON beside it names this hash), the training run (its folder's name), its protocol and
+    iteration."""
+    origin: dict[str, Any] = {"file": Path(path).name}
+    try:
+        config = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return origin
+    model_file = config.get("model_file") if isinstance(config, dict) else None
+    if (
+        isinstance(model_file, dict)
+        and model_file.get("sha256") == sha256
+        and config.get("format") == CHECKPOINT_FORMAT
+    ):
+        origin["training_run"] = Path(path).resolve().parent.name
+        origin["protocol"] = config.get("protocol")
+        origin["iteration"] = config.get("iteration")
+    return origin

@@ -1,4 +1,8 @@
-"""The ``ovrsisbench`` command line: parse, call the core, print with rich."""
+"""The ``ovrsisbench`` command line: parse, call the core, print with rich.
+
+Start-up stays light (``ovrsisbench --help`` in a fraction of a second, bench/cli_start.py):
+torch, pandas, the models and the engines are imported inside the commands that use them.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,55 @@ import json
 import os
 import re
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from ovrsisbench.adapter import Adapter, create_adapter, find_adapter, list_adapters
-from ovrsisbench.display import RichProgress, make_progress
+from ovrsisbench import choices
+from ovrsisbench.data.native import DATASETS
 from ovrsisbench.errors import UserError
-from ovrsisbench.leaderboard import format_cell
+
+if TYPE_CHECKING:
+    import torch
+
+    from ovrsisbench.adapter import Adapter
+
+
+class _Choice(str, Enum):
+    """A value of an option with fixed values; it prints as the value itself."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _choice(name: str, values: tuple[str, ...]) -> type[_Choice]:
+    """An option type with fixed ``values``: ``--help`` lists them, shell completion offers
+    them, and any other value is refused with the list."""
+    return _Choice(name, [(value, value) for value in values])
+
+
+Format = _choice("Format", choices.FORMATS)
+Policy = _choice("Policy", choices.POLICIES)
+Device = _choice("Device", choices.DEVICES)
+BackboneName = _choice("BackboneName", choices.BACKBONES)
+SourceKind = _choice("SourceKind", choices.SOURCE_KINDS)
+EdgeMode = _choice("EdgeMode", choices.EDGE_MODES)
+AmpMode = _choice("AmpMode", choices.AMP_MODES)
+RAW, EXCLUDE_ABSENT, CPU = SourceKind("raw"), Policy("exclude-absent"), Device("cpu")
+
+
+def _value(choice: Enum | str | None) -> str | None:
+    """The text of an option with fixed values (typer gives the Enum, Python callers a str)."""
+    return choice.value if isinstance(choice, Enum) else choice
+
 
 app = typer.Typer(
-    help="Benchmark harness for open-vocabulary remote-sensing image segmentation (OVRSISBench).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    rich_markup_mode=None,
 )
 adapters_app = typer.Typer(help="List, validate and inspect model adapters.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Inspect prepared datasets.", no_args_is_help=True)
@@ -33,7 +68,25 @@ app.add_typer(datasets_app, name="datasets")
 console = Console()
 err_console = Console(stderr=True)
 
-DATASET_NAMES = "dlrsd isaid potsdam vaihingen uavid udd5 loveda vdd"
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ovrsisbench import __version__
+
+        console.print(f"ovrsisbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Benchmark harness for open-vocabulary remote-sensing image segmentation (OVRSISBench)."""
 
 
 def default_data_root() -> Path:
@@ -44,16 +97,25 @@ def default_results() -> Path:
     return Path(os.environ.get("OVRSISBENCH_RESULTS", "results"))
 
 
+def existing_data_root(data_root: Path | None) -> Path:
+    """The data root to read (``--data-root``, else the default); a missing one is a user
+    error that says how to give another."""
+    root = data_root or default_data_root()
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist (give --data-root or $OVRSISBENCH_DATA)")
+    return root
+
+
 DataRoot = Annotated[
     Path | None,
     typer.Option(
-        help="Prepared data root \\[default: $OVRSISBENCH_DATA or ./data]", show_default=False
+        help="Prepared data root [default: $OVRSISBENCH_DATA or ./data]", show_default=False
     ),
 ]
 ResultsDir = Annotated[
     Path | None,
     typer.Option(
-        help="Results folder \\[default: $OVRSISBENCH_RESULTS or ./results]", show_default=False
+        help="Results folder [default: $OVRSISBENCH_RESULTS or ./results]", show_default=False
     ),
 ]
 OptionList = Annotated[
@@ -61,11 +123,30 @@ OptionList = Annotated[
     typer.Option(
         "--option",
         "-o",
-        help="Adapter option KEY=VALUE (repeatable; JSON values), e.g. -o arch=tiny",
+        help="Adapter option KEY=VALUE (repeatable; JSON values), e.g. -o inference=slide",
     ),
 ]
 Backbone = Annotated[
-    str | None, typer.Option(help="Backbone passed to the adapter, e.g. vit-b, vit-l, tiny")
+    BackboneName | None,
+    typer.Option(
+        help="Backbone of a built-in model (another adapter's: -o backbone=NAME)",
+        show_default=False,
+    ),
+]
+DeviceOption = Annotated[
+    Device | None,
+    typer.Option(
+        help="Where the model runs; a GPU is picked with CUDA_VISIBLE_DEVICES [default: cuda "
+        "if available, else cpu]",
+        show_default=False,
+    ),
+]
+PolicyOption = Annotated[
+    Policy,
+    typer.Option(
+        help="Absent-class policy: exclude-absent (the published numbers') or mmseg "
+        "(recomputed from the stored matrices)"
+    ),
 ]
 
 
@@ -77,7 +158,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_options(pairs: list[str] | None, backbone: str | None = None) -> dict[str, Any]:
+def parse_options(pairs: list[str] | None, backbone: Enum | str | None = None) -> dict[str, Any]:
     """``KEY=VALUE`` strings to adapter options (values through ``parse_value``)."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
@@ -86,18 +167,19 @@ def parse_options(pairs: list[str] | None, backbone: str | None = None) -> dict[
             raise UserError(f"option '{pair}' must look like KEY=VALUE")
         options[key] = parse_value(value)
     if backbone is not None:
-        options["backbone"] = backbone
+        options["backbone"] = _value(backbone)
     return options
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """The torch device for ``--device`` (default: cuda when available, else cpu)."""
+def resolve_device(device: Enum | str | None) -> torch.device:
+    """The torch device for ``--device`` (cpu or cuda; default: cuda when available, else cpu)."""
+    import torch
+
+    name = _value(device)
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown device '{name}' (use cpu or cuda)")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available on this machine")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available on this machine")
     return torch.device(name)
 
 
@@ -124,7 +206,14 @@ def default_workers() -> int:
 
 @app.command()
 def prepare(
-    dataset: Annotated[str, typer.Argument(help=f"One of: {DATASET_NAMES}, or all")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help=f"One of: {', '.join(DATASETS)}, or all",
+            autocompletion=lambda: [*DATASETS, "all"],
+            show_default=False,
+        ),
+    ],
     src: Annotated[
         Path,
         typer.Option(
@@ -134,23 +223,24 @@ def prepare(
     ],
     data_root: DataRoot = None,
     source: Annotated[
-        str, typer.Option(help="raw (official download) or archive (OVSISBench archive)")
-    ] = "raw",
+        SourceKind,
+        typer.Option(help="The official download (raw) or the OVSISBench archive (archive)"),
+    ] = RAW,
     workers: Annotated[
         int | None,
-        typer.Option(help="Worker processes \\[default: number of CPU cores, at most 4]"),
+        typer.Option(help="Worker processes [default: number of CPU cores, at most 4]"),
     ] = None,
     tile: Annotated[
         int | None,
-        typer.Option(help="Tile size in px; 0 = whole images \\[default: per dataset, see README]"),
+        typer.Option(help="Tile size in px; 0 = whole images [default: per dataset, see README]"),
     ] = None,
     stride: Annotated[
         int | None,
-        typer.Option(help="Tile stride in px \\[default: the tile, or the dataset's stride]"),
+        typer.Option(help="Tile stride in px [default: the tile, or the dataset's stride]"),
     ] = None,
     edge: Annotated[
-        str | None,
-        typer.Option(help="Tiles at the border: drop, clamp or pad \\[default: per dataset]"),
+        EdgeMode | None,
+        typer.Option(help="Tiles at the border [default: per dataset]", show_default=False),
     ] = None,
     skip_bad: Annotated[
         bool,
@@ -170,19 +260,20 @@ def prepare(
     """Convert a downloaded dataset into the unified layout under the data root (resumable)."""
     from ovrsisbench.data.prepare import PrepareSettings
     from ovrsisbench.data.prepare import prepare as prepare_datasets
+    from ovrsisbench.display import TaskProgress, make_progress
 
     settings = PrepareSettings(
         tile=tile,
         stride=stride,
-        edge=edge,
+        edge=_value(edge),
         options=parse_options(option),
         workers=workers if workers is not None else default_workers(),
         skip_bad=skip_bad,
     )
     root = data_root or default_data_root()
-    progress = RichProgress(make_progress(), label="")
+    progress = TaskProgress(make_progress(err_console), label="")
     try:
-        outcomes = prepare_datasets(dataset, src, root, source, settings, progress)
+        outcomes = prepare_datasets(dataset, src, root, _value(source), settings, progress)
     finally:
         progress.close()
     failed = False
@@ -230,7 +321,7 @@ def run(
     protocol: Annotated[
         str | None,
         typer.Option(
-            help="Protocol name (dlrsd, isaid, segearth, demo) or YAML path \\[default: the "
+            help="Protocol name (dlrsd, isaid, segearth, demo) or YAML path [default: the "
             "model's own protocol if it names one (segearth_ov: segearth), else dlrsd]",
             show_default=False,
         ),
@@ -240,9 +331,7 @@ def run(
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Weights file for the adapter")] = None,
     backbone: Backbone = None,
-    device: Annotated[
-        str | None, typer.Option(help="cpu or cuda \\[default: cuda if available]")
-    ] = (None),
+    device: DeviceOption = None,
     data_root: DataRoot = None,
     results: ResultsDir = None,
     option: OptionList = None,
@@ -256,10 +345,13 @@ def run(
 ) -> None:
     """Evaluate one adapter on a protocol's datasets; writes one record per dataset (resumes).
 
-    Under torchrun (e.g. ``torchrun --nproc-per-node 2 -m ovrsisbench run ...``) every process
-    loads the adapter on its device (cuda:LOCAL_RANK, or the CPU with gloo) and evaluates its
-    share of each dataset's images; rank 0 alone prints and writes records and leaderboards.
+    Under torchrun (for example: torchrun --nproc-per-node 2 -m ovrsisbench run ...) every
+    process loads the adapter on its device (cuda:LOCAL_RANK, or the CPU with gloo) and
+    evaluates its share of each dataset's images; rank 0 alone prints and writes records and
+    leaderboards.
     """
+    from ovrsisbench.adapter import create_adapter
+    from ovrsisbench.display import TaskProgress, make_progress
     from ovrsisbench.distributed import cleanup, context
     from ovrsisbench.evaluate import EvalSettings, Evaluator
     from ovrsisbench.protocol import load_protocol
@@ -271,10 +363,8 @@ def run(
     proto = proto or load_protocol(adapter.default_protocol)
     entries = proto.select(datasets.split(",") if datasets else None)
     resolve_device(device)  # the same checks and messages as without torchrun
-    root = data_root or default_data_root()
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist (give --data-root or $OVRSISBENCH_DATA)")
-    ctx = context(device)  # one process unless launched by torchrun
+    root = existing_data_root(data_root)
+    ctx = context(_value(device))  # one process unless launched by torchrun
     try:
         torch_device = ctx.device
         load_weights(adapter, weights, torch_device)
@@ -304,7 +394,7 @@ def run(
                     soft_wrap=True,
                 )
             with make_progress(err_console) as progress:
-                outcomes = evaluator.run(entries, RichProgress(progress, f"{model} · "))
+                outcomes = evaluator.run(entries, TaskProgress(progress, f"{model} · "))
             print_outcomes(outcomes, proto.name, model)
             update_leaderboards(results_dir, proto)
         else:  # the same collective steps, silently; statuses agree with rank 0's
@@ -316,22 +406,27 @@ def run(
 
 
 def print_outcomes(outcomes: list[Any], protocol: str, model: str) -> None:
-    table = Table(title=f"{model} on protocol {protocol}")
-    for column in ("dataset", "status", "mIoU", "fwIoU", "mACC", "pACC", "images", "record"):
-        table.add_column(column)
+    """The table of a run (numbers right-aligned), the folder of its records, its errors."""
+    from ovrsisbench.display import format_number, new_table
+
+    columns = ("dataset", "status", "mIoU", "fwIoU", "mACC", "pACC", "images")
+    table = new_table(columns, [c not in ("dataset", "status") for c in columns])
+    table.title = f"{model} on protocol {protocol}"
     for outcome in outcomes:
         if outcome.record is None:
-            table.add_row(outcome.dataset, "[red]failed[/red]", *[""] * 5, "")
+            table.add_row(outcome.dataset, "[red]failed[/red]", *[""] * 5)
             continue
         metrics = outcome.record["metrics"]
         table.add_row(
             outcome.dataset,
             outcome.status,
-            *(format_cell(metrics[m]) for m in ("mIoU", "fwIoU", "mACC", "pACC")),
-            str(outcome.record["num_images"]),
-            str(outcome.path),
+            *(format_number(metrics[m]) for m in ("mIoU", "fwIoU", "mACC", "pACC")),
+            f"{outcome.record['num_images']:,}",
         )
     console.print(table)
+    folders = sorted({str(outcome.path.parent) for outcome in outcomes if outcome.path})
+    if folders:
+        console.print(f"records: {', '.join(folders)}", highlight=False, soft_wrap=True)
     for outcome in outcomes:
         if outcome.status == "failed":
             err_console.print(
@@ -345,8 +440,10 @@ def update_leaderboards(results_dir: Path, protocol: Any) -> None:
 
     protocols = {name: load_protocol(name) for name in list_protocols()}
     protocols[protocol.name] = protocol
-    for path in write_leaderboards(results_dir, list(protocols.values())):
-        console.print(f"leaderboard written: {path}")
+    paths = write_leaderboards(results_dir, list(protocols.values()))
+    console.print(
+        f"leaderboards: {', '.join(str(path) for path in paths)}", highlight=False, soft_wrap=True
+    )
 
 
 @app.command()
@@ -360,33 +457,31 @@ def train(
     option: OptionList = None,
     weights: Annotated[Path | None, typer.Option(help="Initial weights for the adapter")] = None,
     max_iters: Annotated[
-        int | None, typer.Option(min=1, help="Iterations \\[default: the recipe's]")
+        int | None, typer.Option(min=1, help="Iterations [default: the recipe's]")
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Images per iteration, over all processes \\[default: recipe's]"),
+        typer.Option(min=1, help="Images per iteration, over all processes [default: recipe's]"),
     ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Base learning rate \\[default: recipe's]")
-    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Base learning rate [default: recipe's]")] = None,
     weight_decay: Annotated[
         float | None,
         typer.Option(
-            min=0, help="Weight decay of the groups at the recipe's default \\[default: recipe's]"
+            min=0, help="Weight decay of the groups at the recipe's default [default: recipe's]"
         ),
     ] = None,
     clip_norm: Annotated[
         float | None,
-        typer.Option(min=0, help="Clip the total gradient L2 norm; 0 = off \\[default: recipe's]"),
+        typer.Option(min=0, help="Clip the total gradient L2 norm; 0 = off [default: recipe's]"),
     ] = None,
     warmup_iters: Annotated[
-        int | None, typer.Option(min=0, help="Linear warm-up iterations \\[default: recipe's]")
+        int | None, typer.Option(min=0, help="Linear warm-up iterations [default: recipe's]")
     ] = None,
     accumulate: Annotated[
         int | None,
         typer.Option(
             min=1,
-            help="Micro-batches per iteration (gradient accumulation) \\[default: 1; on resume "
+            help="Micro-batches per iteration (gradient accumulation) [default: 1; on resume "
             "the checkpoint's]",
         ),
     ] = None,
@@ -394,7 +489,7 @@ def train(
         int | None,
         typer.Option(
             min=0,
-            help="Seed of the data order, augmentation, init \\[default: 0; on resume the "
+            help="Seed of the data order, augmentation, init [default: 0; on resume the "
             "checkpoint's]",
         ),
     ] = None,
@@ -406,10 +501,11 @@ def train(
         ),
     ] = False,
     amp: Annotated[
-        str | None,
+        AmpMode | None,
         typer.Option(
-            help="auto (bf16 autocast on CUDA, off on CPU), bf16 or off \\[default: auto; on "
-            "resume the checkpoint's]"
+            help="Mixed precision: auto = bf16 autocast on CUDA, off on the CPU [default: "
+            "auto; on resume the checkpoint's]",
+            show_default=False,
         ),
     ] = None,
     checkpoint_every: Annotated[
@@ -419,7 +515,7 @@ def train(
     workers: Annotated[int, typer.Option(min=0, help="Data loading processes")] = 2,
     out: Annotated[
         Path | None,
-        typer.Option(help="Output folder \\[default: <results>/train/<model>-<protocol>]"),
+        typer.Option(help="Output folder [default: <results>/train/<model>-<protocol>]"),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out")
@@ -427,9 +523,7 @@ def train(
     evaluate: Annotated[
         bool, typer.Option("--eval", help="Evaluate the protocol with the trained weights")
     ] = False,
-    device: Annotated[
-        str | None, typer.Option(help="cpu or cuda \\[default: cuda if available]")
-    ] = None,
+    device: DeviceOption = None,
     data_root: DataRoot = None,
     results: ResultsDir = None,
 ) -> None:
@@ -438,6 +532,10 @@ def train(
     Under torchrun every process trains on its device with DistributedDataParallel; rank 0
     alone writes checkpoints and the log.
     """
+    import torch
+
+    from ovrsisbench.adapter import create_adapter, find_adapter
+    from ovrsisbench.display import make_progress
     from ovrsisbench.distributed import cleanup, context
     from ovrsisbench.protocol import load_protocol
     from ovrsisbench.train import TrainSettings, seed_everything
@@ -449,9 +547,7 @@ def train(
         raise UserError(f"model '{model}' is not trainable (it is evaluated as is)")
     options = parse_options(option, backbone)
     adapter = create_adapter(model, **options)
-    root = data_root or default_data_root()
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist (give --data-root or $OVRSISBENCH_DATA)")
+    root = existing_data_root(data_root)
     results_dir = results or default_results()
     out_dir = out or results_dir / "train" / f"{_file_name(model)}-{_file_name(proto.name)}"
     settings = TrainSettings(
@@ -464,19 +560,21 @@ def train(
         accumulate=accumulate,
         seed=seed,
         deterministic=deterministic,
-        amp=amp,
+        amp=_value(amp),
         checkpoint_every=checkpoint_every,
         log_every=log_every,
         workers=workers,
     )
     resolve_device(device)  # the same checks and messages as without torchrun
-    ctx = context(device)
+    ctx = context(_value(device))
     try:
         seed_everything(seed or 0)  # a randomly initialised network is part of the run
         load_weights(adapter, weights, ctx.device)
         if ctx.is_main:
             with make_progress(err_console) as progress:
-                result = train_adapter(adapter, proto, root, out_dir, settings, resume, progress)
+                result = train_adapter(
+                    adapter, proto, root, out_dir, settings, resume, progress, stop_on_signals=True
+                )
             loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
             console.print(
                 f"trained {model} for {result.iterations:,} iterations (last loss {loss}); "
@@ -485,7 +583,9 @@ def train(
                 soft_wrap=True,
             )
         else:
-            result = train_adapter(adapter, proto, root, out_dir, settings, resume)
+            result = train_adapter(
+                adapter, proto, root, out_dir, settings, resume, stop_on_signals=True
+            )
         if evaluate:
             del adapter  # the evaluation loads its own copy from the final weights
             if torch.cuda.is_available():
@@ -513,45 +613,72 @@ def _file_name(text: str) -> str:
 @app.command()
 def leaderboard(
     protocol: Annotated[str, typer.Option(help="Protocol name or YAML path")] = "dlrsd",
-    format: Annotated[str, typer.Option("--format", help="csv or md")] = "md",
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout")] = None,
+    format: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            help="table (fits the terminal), csv or md [default: table on a terminal, else md]",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write to this file (csv or md) instead of stdout")
+    ] = None,
     with_reference: Annotated[
-        bool, typer.Option(help="Add the published rows of results/reference (marked published)")
+        bool,
+        typer.Option(
+            "--with-reference", help="Add the published rows of results/reference (marked so)"
+        ),
     ] = False,
-    fwiou: Annotated[bool, typer.Option(help="Add fwIoU columns")] = False,
-    policy: Annotated[
-        str,
-        typer.Option(help="Absent-class policy: exclude-absent (published) or mmseg (recomputed)"),
-    ] = "exclude-absent",
+    fwiou: Annotated[bool, typer.Option("--fwiou", help="Add fwIoU columns")] = False,
+    policy: PolicyOption = EXCLUDE_ABSENT,
     results: ResultsDir = None,
 ) -> None:
     """Print or write the leaderboard of a protocol, built from result records."""
     from ovrsisbench.io import atomic_write_text
-    from ovrsisbench.leaderboard import FORMATS, build, render
-    from ovrsisbench.metrics import POLICIES
+    from ovrsisbench.leaderboard import build, print_leaderboard, render
     from ovrsisbench.protocol import load_protocol
 
-    if format not in FORMATS:
-        raise UserError(f"unknown format '{format}' (use csv or md)")
-    if policy not in POLICIES:
-        raise UserError(f"unknown policy '{policy}' (use {' or '.join(POLICIES)})")
+    fmt = _value(format) or ("table" if console.is_terminal and out is None else "md")
+    if fmt == "table" and out is not None:
+        raise UserError("--format table is for the terminal; write csv or md to --out")
+    results_dir = results or default_results()
+    proto = load_protocol(protocol)
     refused: list[str] = []
-    frame = build(
-        load_protocol(protocol),
-        results or default_results(),
-        with_reference,
-        fwiou,
-        policy,
-        refused,
-    )
+    frame = build(proto, results_dir, with_reference, fwiou, _value(policy), refused)
     for line in refused:
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
-    text = render(frame, format)
+    if frame.empty:
+        _hint_other_protocols(proto.name, results_dir)
+        if fmt != "csv" and out is None:
+            return  # nothing to show but the hint (a CSV keeps its header for scripts)
+    if fmt == "table":
+        print_leaderboard(console, frame, f"leaderboard of protocol {proto.name}")
+        return
+    text = render(frame, fmt)
     if out is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:
         atomic_write_text(out, text)
-        console.print(f"written: {out}")
+        console.print(f"written: {out}", highlight=False, soft_wrap=True)
+
+
+def _hint_other_protocols(protocol: str, results_dir: Path) -> None:
+    """Say why a leaderboard is empty: which protocols have records in ``results_dir``."""
+    from ovrsisbench.leaderboard import protocols_with_records
+
+    others = [name for name in protocols_with_records(results_dir) if name != protocol]
+    if others:
+        hint = (
+            f"note: no records of protocol {protocol} in {results_dir}; records exist for "
+            f"protocol {', '.join(others)} (use --protocol {others[0]})"
+        )
+    else:
+        hint = (
+            f"note: no result records in {results_dir} (run `ovrsisbench run` first, or give "
+            "--results DIR)"
+        )
+    err_console.print(hint, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -560,7 +687,7 @@ def submit(
     out: Annotated[Path, typer.Option(help="The submission file to write (JSON)")],
     protocol: Annotated[
         str | None,
-        typer.Option(help="Protocol name \\[default: the one the model has complete records for]"),
+        typer.Option(help="Protocol name [default: the one the model has complete records for]"),
     ] = None,
     option: OptionList = None,
     backbone: Backbone = None,
@@ -601,7 +728,7 @@ def verify(
         Path | None,
         typer.Option(
             help="Compare image and pixel counts with the datasets prepared here (same data "
-            "version only) \\[default: $OVRSISBENCH_DATA or ./data, when present]"
+            "version only) [default: $OVRSISBENCH_DATA or ./data, when present]"
         ),
     ] = None,
     check_labels: Annotated[
@@ -646,10 +773,11 @@ def verify(
 
 @adapters_app.command("list")
 def adapters_list() -> None:
-    """Show every discoverable adapter: name, origin, trainable or not."""
-    table = Table(title="adapters")
-    for column in ("name", "origin", "trainable", "description"):
-        table.add_column(column)
+    """Show every discoverable adapter: name, origin, trainable or not, what it is."""
+    from ovrsisbench.adapter import list_adapters
+    from ovrsisbench.display import new_table
+
+    table = new_table(("name", "origin", "trainable", "description"), [False] * 4, "adapters")
     entries, problems = list_adapters()
     for entry in entries:
         summary = (entry.cls.__doc__ or "").strip().splitlines()
@@ -657,7 +785,7 @@ def adapters_list() -> None:
             entry.name,
             entry.origin,
             "yes" if entry.cls.trainable else "no",
-            summary[0] if summary else "",
+            entry.cls.description or (summary[0] if summary else ""),
         )
     console.print(table)
     for problem in problems:
@@ -669,10 +797,11 @@ def adapters_validate(
     name: Annotated[str, typer.Argument(help="Adapter name, or package.module:ClassName")],
     weights: Annotated[Path | None, typer.Option(help="Weights file for the adapter")] = None,
     backbone: Backbone = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = "cpu",
+    device: Annotated[Device, typer.Option(help="Where the model runs")] = CPU,
     option: OptionList = None,
 ) -> None:
     """Check an adapter against the contract on generated inputs; lists every breach."""
+    from ovrsisbench.adapter import create_adapter
     from ovrsisbench.validate import validate_adapter
 
     torch_device = resolve_device(device)
@@ -702,6 +831,8 @@ def adapters_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Parameter counts (total, trainable; per group) of the model, built on the meta device."""
+    from ovrsisbench.adapter import create_adapter
+    from ovrsisbench.display import new_table
     from ovrsisbench.params import adapter_parameters
 
     adapter = create_adapter(name, **parse_options(option, backbone))
@@ -712,9 +843,7 @@ def adapters_info(
     if as_json:
         sys.stdout.write(json.dumps(counts) + "\n")
         return
-    table = Table(title=f"{name} parameters")
-    for column in ("group", "total", "trainable"):
-        table.add_column(column, justify="right")
+    table = new_table(("group", "total", "trainable"), [False, True, True], f"{name} parameters")
     for group, numbers in counts["groups"].items():
         table.add_row(group, f"{numbers['total']:,}", f"{numbers['trainable']:,}")
     table.add_row("all", f"{counts['total']:,}", f"{counts['trainable']:,}", style="bold")
@@ -725,37 +854,91 @@ def adapters_info(
 def datasets_list(data_root: DataRoot = None) -> None:
     """Show each prepared dataset under the data root with its class and image counts."""
     from ovrsisbench.data.layout import list_datasets
+    from ovrsisbench.display import new_table
 
-    root = data_root or default_data_root()
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist")
+    root = existing_data_root(data_root)
     prepared = list_datasets(root)
-    table = Table(title=f"prepared datasets in {root}")
-    for column in ("dataset", "classes", "all", "train", "val", "source", "created"):
-        table.add_column(column)
+    if not prepared:
+        console.print(
+            f"no prepared datasets in {root} (prepare one with: ovrsisbench prepare DATASET "
+            "--src PATH)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    columns = ("dataset", "classes", "all", "train", "val", "source", "created")
+    table = new_table(columns, [c in ("classes", "all", "train", "val") for c in columns])
+    table.title = f"prepared datasets in {root}"
     for dataset in prepared:
         meta = dataset.meta
-        splits = meta.splits
+        counts = [meta.splits.get(split) for split in ("all", "train", "val")]
         table.add_row(
             meta.name,
             str(len(meta.classes)),
-            *(str(splits.get(s, "-")) for s in ("all", "train", "val")),
+            *("-" if count is None else f"{count:,}" for count in counts),
             str(meta.source.get("kind", "")),
-            meta.created,
+            meta.created[:10],  # the day
         )
-    console.print(table if prepared else f"no prepared datasets in {root}")
+    console.print(table)
+
+
+@app.command()
+def show(
+    record: Annotated[
+        Path | None,
+        typer.Argument(help="A result record file (else pick records with --model and --dataset)"),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="The model whose records to show")] = None,
+    dataset: Annotated[str | None, typer.Option(help="The dataset whose records to show")] = None,
+    protocol: Annotated[
+        str | None, typer.Option(help="Only records of this protocol [default: any]")
+    ] = None,
+    option: OptionList = None,
+    backbone: Backbone = None,
+    weights_sha256: Annotated[
+        str | None, typer.Option(help="Only records whose weights hash starts so")
+    ] = None,
+    policy: PolicyOption = EXCLUDE_ABSENT,
+    results: ResultsDir = None,
+) -> None:
+    """Per-class IoU and accuracy of result records, with class names (as mmseg prints after a
+    test), and each record's headline numbers."""
+    from ovrsisbench.record_view import RecordFilter, find_records, print_record
+
+    if record is not None:
+        if model or dataset or protocol or option or backbone or weights_sha256:
+            raise UserError("give a record file, or pick records with --model and --dataset")
+        from ovrsisbench.results import read_record
+
+        found = [(record, read_record(record))]
+    else:
+        if not model or not dataset:
+            raise UserError("give a record file, or both --model and --dataset")
+        wanted = RecordFilter(
+            model, dataset, protocol, parse_options(option, backbone), weights_sha256
+        )
+        found = find_records(results or default_results(), wanted)
+    for number, (path, data) in enumerate(found):
+        if number:
+            console.print()
+        print_record(console, path, data, _value(policy))
 
 
 @app.command()
 def demo(
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the demo's data and results \\[default: temp]")
+        Path | None,
+        typer.Option(
+            help="Keep the demo's data, records, checkpoints and leaderboard in this folder "
+            "[default: a temporary folder, removed at the end]",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Run the whole pipeline offline on a generated SYNTHETIC benchmark (proves the pipeline)."""
     from ovrsisbench.demo import run_demo
 
-    if not run_demo(out, console):
+    if not run_demo(out, console, stop_on_signals=True):
         raise typer.Exit(1)
 
 
@@ -767,9 +950,19 @@ def _fail(message: str, code: int = 2) -> None:
 INTERRUPTED = 130  # the shell's exit status of a command stopped by Ctrl-C
 
 
+def _open_consoles() -> None:
+    """The consoles of this invocation: their width is the terminal's (or $COLUMNS) now."""
+    global console, err_console
+    console, err_console = Console(), Console(stderr=True)
+
+
 def main() -> None:
     """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
+    _open_consoles()
     try:
+        from ovrsisbench.threads import requested_threads
+
+        requested_threads()  # a bad OVRSISBENCH_THREADS fails before any work
         code = app(standalone_mode=False)
     except typer.Abort:  # end of input at a prompt
         code = INTERRUPTED
@@ -782,8 +975,8 @@ def main() -> None:
         raise
     if code == INTERRUPTED:  # typer turns KeyboardInterrupt (Ctrl-C, SIGTERM in train) into 130
         _fail(
-            "interrupted (run and prepare resume when the same command is run again; train "
-            "continues with --resume)",
+            "interrupted (run, prepare and demo --out DIR resume when the same command is run "
+            "again; train continues with --resume)",
             INTERRUPTED,
         )
     sys.exit(code if isinstance(code, int) else 0)

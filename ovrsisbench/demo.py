@@ -20,9 +20,9 @@ from rich.console import Console
 from ovrsisbench.adapter import Adapter, create_adapter, find_adapter, list_adapters
 from ovrsisbench.checkpoints import latest_checkpoint
 from ovrsisbench.data.converters.synthetic import generate_synthetic_benchmark
-from ovrsisbench.display import RichProgress, frame_table, make_progress
+from ovrsisbench.display import TaskProgress, make_progress
 from ovrsisbench.evaluate import EvalSettings, Evaluator, Outcome
-from ovrsisbench.leaderboard import build, write_leaderboards
+from ovrsisbench.leaderboard import build, print_leaderboard, write_leaderboards
 from ovrsisbench.protocol import Protocol, load_protocol
 from ovrsisbench.results import ResultStore
 from ovrsisbench.train import LOG_FILE, TrainSettings, seed_everything, train
@@ -43,7 +43,12 @@ class DemoTrainResult:
 
 
 def train_demo_model(
-    name: str, protocol: Protocol, data_root: Path, out: Path, progress: Any = None
+    name: str,
+    protocol: Protocol,
+    data_root: Path,
+    out: Path,
+    progress: Any = None,
+    stop_on_signals: bool = False,
 ) -> DemoTrainResult:
     """Train the tiny model of the built-in trainable adapter ``name`` as its ``demo_training``
     says (seeded: the same run every time on one machine) on ``protocol.train`` into ``out``;
@@ -59,7 +64,7 @@ def train_demo_model(
         **training.settings, seed=DEMO_SEED, workers=0, checkpoint_every=10**9, log_every=10
     )
     resume = latest_checkpoint(out) is not None  # a rerun, or one after Ctrl-C, in --out
-    result = train(adapter, protocol, data_root, out, settings, resume, progress)
+    result = train(adapter, protocol, data_root, out, settings, resume, progress, stop_on_signals)
     losses = [json.loads(line)["loss"] for line in (out / LOG_FILE).read_text().splitlines()]
     trained = create_adapter(name, **cls.demo_options, **training.options)
     trained.load(result.checkpoint, torch.device("cpu"))
@@ -74,12 +79,15 @@ def _evaluate(
     store: ResultStore,
     progress: Any,
     console: Console,
+    weights: Path | None = None,
 ) -> list[Outcome]:
-    """Evaluate ``adapter`` on the whole protocol, printing each failed dataset."""
+    """Evaluate ``adapter`` (loaded from ``weights``, if given) on the whole protocol, printing
+    each failed dataset."""
+    settings = EvalSettings(device=torch.device("cpu"))
     evaluator = Evaluator(
-        adapter, adapter.name, protocol, data_root, store, EvalSettings(device=torch.device("cpu"))
+        adapter, adapter.name, protocol, data_root, store, settings, weights=weights
     )
-    sink = RichProgress(progress, f"synthetic · {label} · ")
+    sink = TaskProgress(progress, f"synthetic · {label} · ")
     outcomes = evaluator.run(list(protocol.evaluation), sink)
     for outcome in outcomes:
         if outcome.status == "failed":
@@ -97,11 +105,32 @@ def _miou(outcomes: list[Outcome]) -> str:
     )
 
 
-def run_demo(out: Path | None, console: Console) -> bool:
-    """Run the demo into ``out`` (a new temp folder when None); True when nothing failed."""
-    root = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="ovrsisbench-demo-"))
+def run_demo(out: Path | None, console: Console, stop_on_signals: bool = False) -> bool:
+    """Run the demo into ``out``, or into a temporary folder that is removed at the end, also
+    after a failure or Ctrl-C (its size is reported); True when nothing failed.
+    ``stop_on_signals``: Ctrl-C ends the training step in progress and saves a checkpoint, from
+    which a rerun into the same ``out`` continues (command-line use, see ``ovrsisbench.train``)."""
+    if out is not None:
+        return _run_demo(Path(out), console, stop_on_signals, keep=True)
+    with tempfile.TemporaryDirectory(prefix="ovrsisbench-demo-") as folder:
+        try:
+            return _run_demo(Path(folder), console, stop_on_signals, keep=False)
+        finally:
+            size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+            console.print(
+                f"removed the temporary folder {folder} ({size / 1e6:.0f} MB of generated data, "
+                "records and checkpoints); keep them with --out DIR",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def _run_demo(root: Path, console: Console, stop_on_signals: bool, keep: bool) -> bool:
     data_root, results_dir = root / "data", root / "results"
-    console.print(f"[bold]SYNTHETIC demo[/bold] in {root} (generated data: proves the pipeline)")
+    console.print(
+        f"[bold]SYNTHETIC demo[/bold] in {root} (generated data: proves the pipeline)",
+        soft_wrap=True,
+    )
     names = generate_synthetic_benchmark(data_root)
     console.print(f"synthetic datasets generated: {', '.join(names)}")
 
@@ -109,7 +138,7 @@ def run_demo(out: Path | None, console: Console) -> bool:
     store = ResultStore(results_dir)
     torch.manual_seed(DEMO_SEED)
     outcomes: list[Outcome] = []
-    with make_progress() as progress:
+    with make_progress(Console(stderr=True)) as progress:
         for entry in list_adapters()[0]:
             cls = entry.cls
             if entry.origin != "built-in" or cls.demo_options is None:
@@ -123,9 +152,14 @@ def run_demo(out: Path | None, console: Console) -> bool:
                 continue
             console.print(f"{entry.name}: {cls.demo_training.reason}", highlight=False)
             trained = train_demo_model(
-                entry.name, protocol, data_root, root / "train" / entry.name, progress
+                entry.name,
+                protocol,
+                data_root,
+                root / "train" / entry.name,
+                progress,
+                stop_on_signals,
             )
-            after = _evaluate(trained.adapter, f"{entry.name} (trained)", *context)
+            after = _evaluate(trained.adapter, f"{entry.name} (trained)", *context, trained.weights)
             outcomes += after
             console.print(
                 f"{entry.name} trained on {protocol.train.dataset} for {trained.iterations} "
@@ -136,6 +170,11 @@ def run_demo(out: Path | None, console: Console) -> bool:
             )
     write_leaderboards(results_dir, [protocol])
     title = "SYNTHETIC leaderboard (tiny random models on generated data)"
-    console.print(frame_table(build(protocol, results_dir), title))
-    console.print(f"\nsynthetic records: {store.records_dir}\nleaderboard: {results_dir}")
+    print_leaderboard(console, build(protocol, results_dir), title)
+    if keep:
+        console.print(
+            f"\nsynthetic records: {store.records_dir}\nleaderboard: {results_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
     return not any(outcome.status == "failed" for outcome in outcomes)

@@ -7,3 +7,11 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A dataset file that is missing, unreadable or inconsistent; the message names the file."""
+
+
+def did_you_mean(word: str, known: list[str] | tuple[str, ...]) -> str:
+    """``" (did you mean 'x'?)"`` for the known name closest to a mistyped ``word``, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +27,7 @@ from torch.utils.data import Subset
 
 import ovrsisbench
 from ovrsisbench.adapter import Adapter, file_sha256, json_sha256
+from ovrsisbench.checkpoints import weights_origin
 from ovrsisbench.data.layout import PreparedDataset, open_dataset
 from ovrsisbench.data.loader import SegmentationDataset, read_ahead
 from ovrsisbench.distributed import Context
@@ -36,6 +37,7 @@ from ovrsisbench.metrics import DEFAULT_POLICY, ConfusionMatrix, compute_scores
 from ovrsisbench.params import count_parameters
 from ovrsisbench.protocol import EvalEntry, Protocol, Vocabulary
 from ovrsisbench.results import SCHEMA, RecordKey, ResultStore
+from ovrsisbench.threads import model_threads, torch_threads
 
 
 class ProgressSink(TypingProtocol):
@@ -92,6 +94,7 @@ class Evaluator:
         self.store = store
         self.settings = settings
         self.weights_sha256 = file_sha256(weights) if weights else adapter.weights_sha256()
+        self.weights_origin = weights_origin(weights, self.weights_sha256) if weights else None
         self.context = context or Context(device=settings.device)
 
     def key(self, entry: EvalEntry) -> RecordKey:
@@ -116,9 +119,14 @@ class Evaluator:
         self.adapter.set_background(vocabulary.background)
 
     def run(self, entries: list[EvalEntry], progress: ProgressSink | None = None) -> list[Outcome]:
-        """Evaluate every entry; a failing dataset is reported and the others still run."""
-        if self.context.world_size > 1:
-            return self._run_distributed(entries, progress)
+        """Evaluate every entry; a failing dataset is reported and the others still run.
+        A small model runs on one CPU thread (``ovrsisbench.threads``)."""
+        with model_threads(self.adapter.network, self.settings.device):
+            if self.context.world_size > 1:
+                return self._run_distributed(entries, progress)
+            return self._run_single(entries, progress)
+
+    def _run_single(self, entries: list[EvalEntry], progress: ProgressSink | None) -> list[Outcome]:
         outcomes = []
         for entry in entries:
             try:
@@ -333,20 +341,12 @@ class Evaluator:
                 progress.advance(len(images))
         return confusion, done, seconds, self._provenance(key, dataset, meta_sha)
 
-    @contextmanager
-    def _harness_threads(self) -> Iterator[None]:
+    def _harness_threads(self) -> AbstractContextManager[None]:
         """Run the harness's own CPU tensor work on one torch thread while reader threads decode:
         on few cores, torch's intra-op threads would otherwise fight them (bench/eval_overhead.py).
-        The adapter's predict keeps torch's thread setting."""
-        if self.settings.device.type != "cpu" or self.settings.reader_threads == 0:
-            yield
-            return
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
+        The adapter's predict keeps the thread policy's setting."""
+        on_cpu = self.settings.device.type == "cpu" and self.settings.reader_threads > 0
+        return torch_threads(1 if on_cpu else None)
 
     def _predict(
         self, images: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int
@@ -413,6 +413,7 @@ class Evaluator:
             "model": key.model,
             "options": key.options,
             "weights_sha256": key.weights_sha256,
+            "weights_origin": self.weights_origin,
             "protocol": key.protocol,
             "dataset": key.dataset,
             "split": key.split,

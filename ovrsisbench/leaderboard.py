@@ -11,7 +11,6 @@ Submissions in ``<results>/submissions/`` add rows marked "submitted" once they 
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,18 +18,33 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 from tabulate import tabulate
 
 from ovrsisbench.adapter import json_sha256
+from ovrsisbench.display import format_number, print_frame
 from ovrsisbench.errors import UserError
 from ovrsisbench.io import atomic_write_text
 from ovrsisbench.metrics import DEFAULT_POLICY, compute_scores
 from ovrsisbench.protocol import Protocol, list_protocols, load_protocol
-from ovrsisbench.results import ResultStore, config_label, data_source, distinguishing_options
+from ovrsisbench.results import (
+    ResultStore,
+    config_label,
+    data_source,
+    distinguishing_options,
+    weights_label,
+)
 from ovrsisbench.submission import SUBMISSIONS_DIR, read_submission
 
 REFERENCE_FILE = "rsktseg_table1.csv"
-FORMATS = ("csv", "md")
+#: the columns that name a row; every other column holds a number
+ROW_COLUMNS = ("model", "config", "weights", "kind")
+#: metrics a leaderboard can show per dataset, in column order
+METRICS = ("mIoU", "mACC", "fwIoU")
+#: the columns kept in every table when a leaderboard is split to fit the terminal
+TERMINAL_KEY = ("rank", "model", "mean mIoU", "mean mACC")
+#: Markdown shows one table per metric when a protocol has more per-dataset columns than this
+MARKDOWN_METRIC_COLUMNS = 8
 
 
 @dataclass
@@ -39,6 +53,7 @@ class Row:
 
     model: str
     config: str
+    weights: str  # short hash (and training run) of ours and submitted rows; "" when published
     kind: str  # "ours (<data source> data)" or "published (<source>)"
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> metric -> x100
     created: dict[str, str] = field(default_factory=dict)
@@ -86,7 +101,9 @@ def rows_from_records(
         else:  # one row per submission file
             kind, identity = "submitted", ("submitted", submission)
         label = config_label(record, shown[record["model"]])
-        row = rows.setdefault(identity, Row(record["model"], label, f"{kind} ({data} data)"))
+        row = rows.setdefault(
+            identity, Row(record["model"], label, weights_label(record), f"{kind} ({data} data)")
+        )
         if record["created"] >= row.created.get(dataset, ""):  # newest record wins
             row.created[dataset] = record["created"]
             row.metrics[dataset] = record_metrics(record, policy)
@@ -143,6 +160,7 @@ def reference_rows(protocol: Protocol) -> list[Row]:
         row = Row(
             model=line["method"],
             config=f"backbone={line['backbone']}",
+            weights="",
             kind=f"published ({line['source']})",
         )
         for entry in protocol.evaluation:
@@ -168,29 +186,27 @@ def leaderboard_frame(
 ) -> pd.DataFrame:
     """The table: rank, model, config, kind, per-dataset metrics, means (NaN = missing)."""
     datasets = [entry.dataset for entry in protocol.evaluation]
-    metrics = ["mIoU", "mACC", *(["fwIoU"] if with_fwiou else [])]
+    metrics = list(METRICS if with_fwiou else METRICS[:2])
     table = []
     for row in rows:
-        line: dict[str, Any] = {"model": row.model, "config": row.config, "kind": row.kind}
+        line: dict[str, Any] = {
+            "model": row.model,
+            "config": row.config,
+            "weights": row.weights,
+            "kind": row.kind,
+        }
         for dataset in datasets:
             for metric in metrics:
                 line[f"{dataset} {metric}"] = row.metrics.get(dataset, {}).get(metric)
         line["mean mIoU"] = _mean(row, datasets, "mIoU")
         line["mean mACC"] = _mean(row, datasets, "mACC")
         table.append(line)
-    columns = ["model", "config", "kind"] + [f"{d} {m}" for d in datasets for m in metrics]
+    columns = [*ROW_COLUMNS, *(f"{d} {m}" for d in datasets for m in metrics)]
     frame = pd.DataFrame(table, columns=[*columns, "mean mIoU", "mean mACC"])
-    frame = frame.astype({c: "float64" for c in frame.columns[3:]})
+    frame = frame.astype({c: "float64" for c in frame.columns[len(ROW_COLUMNS) :]})
     frame = frame.sort_values(["mean mIoU", "model"], ascending=[False, True], na_position="last")
     frame.insert(0, "rank", frame["mean mIoU"].rank(ascending=False, method="min").astype("Int64"))
     return frame.reset_index(drop=True)
-
-
-def format_cell(value: object) -> str:
-    """A table cell: floats with 2 decimals, missing values (None, NaN, NA) empty."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def _markdown_cell(text: str) -> str:
@@ -198,15 +214,37 @@ def _markdown_cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def render(frame: pd.DataFrame, fmt: str) -> str:
-    """CSV (full precision, empty = missing) or Markdown (2 decimals, empty = missing)."""
+def render(frame: pd.DataFrame, fmt: str, heading: str = "###") -> str:
+    """CSV (full precision, empty = missing) or Markdown (2 decimals, empty = missing, numbers
+    right-aligned; with more than ``MARKDOWN_METRIC_COLUMNS`` per-dataset columns, one table
+    per metric under a ``heading`` line, so that wide protocols stay readable)."""
     if fmt == "csv":
         return frame.to_csv(index=False)
+    metrics = [m for m in METRICS if any(c.endswith(f" {m}") for c in frame.columns)]
+    head = ["rank", *ROW_COLUMNS]
+    per_dataset = [c for c in frame.columns if c not in head and not c.startswith("mean ")]
+    if len(per_dataset) <= MARKDOWN_METRIC_COLUMNS or len(metrics) < 2:
+        return _markdown_table(frame)
+    return "\n\n".join(
+        f"{heading} {metric}\n\n"
+        + _markdown_table(frame[head + [c for c in frame.columns if c.endswith(f" {metric}")]])
+        for metric in metrics
+    )
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    numbers = [c for c in frame.columns if c not in ROW_COLUMNS]
     cells = [
-        [_markdown_cell(format_cell(value)) for value in row]
+        [_markdown_cell(format_number(value)) for value in row]
         for row in frame.itertuples(index=False)
     ]
-    return tabulate(cells, headers=list(frame.columns), tablefmt="github", disable_numparse=True)
+    return tabulate(
+        cells,
+        headers=list(frame.columns),
+        tablefmt="pipe",
+        disable_numparse=True,
+        colalign=["right" if c in numbers else "left" for c in frame.columns],
+    )
 
 
 def build(
@@ -233,6 +271,16 @@ def build(
     if with_reference:
         rows += reference_rows(protocol)
     return leaderboard_frame(protocol, rows, with_fwiou)
+
+
+def print_leaderboard(console: Console, frame: pd.DataFrame, title: str) -> None:
+    """The leaderboard as terminal tables that fit the console's width (``print_frame``)."""
+    print_frame(console, frame, title, list(TERMINAL_KEY))
+
+
+def protocols_with_records(results_dir: Path) -> list[str]:
+    """The protocols that have result records under ``results_dir`` (for hints)."""
+    return sorted({record["protocol"] for _, record in ResultStore(results_dir).iter_records()})
 
 
 def write_leaderboards(results_dir: Path, protocols: list[Protocol] | None = None) -> list[Path]:

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ovrsisbench.choices import POLICIES
 from ovrsisbench.data.native import IGNORE_INDEX
 from ovrsisbench.errors import UserError
 
-POLICIES = ("exclude-absent", "mmseg")
 DEFAULT_POLICY = "exclude-absent"
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from ovrsisbench.adapter import BackgroundRule, json_sha256
 from ovrsisbench.data.native import IGNORE_INDEX, KNOWN_CLASSES
-from ovrsisbench.errors import DataError, UserError
+from ovrsisbench.errors import DataError, UserError, did_you_mean
 
 SPLITS = ("train", "val", "all")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -135,7 +135,11 @@ class Protocol:
         known = [e.dataset for e in self.evaluation]
         unknown = [d for d in datasets if d not in known]
         if unknown or not datasets:
-            problem = f"has no dataset {unknown[0]!r}" if unknown else "needs at least one dataset"
+            problem = (
+                f"has no dataset {unknown[0]!r}{did_you_mean(unknown[0], known)}"
+                if unknown
+                else "needs at least one dataset"
+            )
             raise UserError(f"protocol {self.name!r} {problem}; its datasets: {', '.join(known)}")
         return [e for e in self.evaluation if e.dataset in datasets]
 
@@ -158,8 +162,10 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
         return _parse_protocol(path, path.parent / "vocab")
     path = _packaged_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
+        known = list_protocols()
         raise UserError(
-            f"unknown protocol {str(name_or_path)!r}; known: {', '.join(list_protocols())}"
+            f"unknown protocol {str(name_or_path)!r}{did_you_mean(str(name_or_path), known)}; "
+            f"known: {', '.join(known)}"
         )
     return _parse_protocol(path, None)
 

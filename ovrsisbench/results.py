@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ovrsisbench.adapter import json_sha256
+from ovrsisbench.checkpoints import FINAL
 from ovrsisbench.errors import DataError
 from ovrsisbench.io import atomic_write_text
 
@@ -176,7 +177,24 @@ def distinguishing_options(records: list[dict[str, Any]]) -> list[str]:
 
 
 def config_label(record: dict[str, Any], shown: list[str]) -> str:
-    """``key=value`` of the ``shown`` options and the weights hash's first 12 digits."""
-    options = [f"{k}={record['options'].get(k)}" for k in shown]
-    weights = (record["weights_sha256"] or "none")[:12]
-    return " ".join([*options, f"weights={weights}"])
+    """``key=value`` of the ``shown`` options ("-" for none)."""
+    return " ".join(f"{k}={record['options'].get(k)}" for k in shown) or "-"
+
+
+SHORT_HASH = 12  # hex digits of a weights hash shown in tables
+
+
+def weights_label(record: dict[str, Any]) -> str:
+    """The weights hash's first 12 digits ("none" without one) and, for the weights of a
+    training run (``weights_origin``, see ``ovrsisbench.checkpoints.weights_origin``), the
+    run's name (and the iteration of a checkpoint before the final one): what tells apart rows
+    that differ only in their weights."""
+    label = (record["weights_sha256"] or "none")[:SHORT_HASH]
+    origin = record.get("weights_origin")
+    if not isinstance(origin, dict) or not isinstance(origin.get("training_run"), str):
+        return label
+    run = origin["training_run"]
+    iteration = origin.get("iteration")
+    if Path(str(origin.get("file"))).stem != FINAL and isinstance(iteration, int):
+        run += f" @ {iteration}"  # a checkpoint before the end of the run
+    return f"{label} (run {run})"

@@ -32,6 +32,7 @@ from ovrsisbench.results import (
     config_label,
     data_source,
     distinguishing_options,
+    weights_label,
 )
 
 SUBMISSION_SCHEMA = "ovrsisbench.submission/1"
@@ -129,7 +130,8 @@ def build_submission(
         firsts = [next(iter(records.values())) for _proto, _config, records in candidates]
         shown = distinguishing_options(firsts)
         listed = "; ".join(
-            f"{proto.name}: {config_label(first, shown)} data={data_source(first)}"
+            f"{proto.name}: {config_label(first, shown)} weights={weights_label(first)} "
+            f"data={data_source(first)}"
             for (proto, _config, _records), first in zip(candidates, firsts, strict=True)
         )
         raise UserError(

@@ -46,16 +46,17 @@ from ovrsisbench.checkpoints import (
     read_json,
     write_checkpoint,
 )
+from ovrsisbench.choices import AMP_MODES
 from ovrsisbench.data.layout import open_dataset
 from ovrsisbench.data.loader import SegmentationDataset, _OneLineErrorLoader
 from ovrsisbench.environment import describe_environment
 from ovrsisbench.errors import UserError
 from ovrsisbench.io import atomic_write_text
 from ovrsisbench.protocol import Protocol
+from ovrsisbench.threads import model_threads
 from ovrsisbench.train_data import BatchPlan, TrainSamples, collate
 
 LOG_FILE = "log.jsonl"
-AMP_MODES = ("auto", "bf16", "off")
 WARMUP_FACTOR = 0.001  # detectron2's default: the warm-up starts at 0.1 % of the LR
 _ITERATION = 0x6974  # first word of the per-iteration seed sequences (see train_data)
 # settings that shape the trajectory: a resume must use the checkpoint's
@@ -312,6 +313,7 @@ class _Trainer:
         settings: TrainSettings,
         resume: bool,
         progress: Any,
+        stop_on_signals: bool = False,
     ) -> None:
         from ovrsisbench.distributed import context
 
@@ -320,6 +322,7 @@ class _Trainer:
         self.adapter = adapter
         self.protocol = protocol
         self.out = Path(out)
+        self.stop_on_signals = stop_on_signals
         entry = protocol.training_entry()
         dataset = open_dataset(data_root, entry.dataset)
         entry.vocabulary.check_dataset(dataset.meta.classes, str(dataset.directory / "meta.json"))
@@ -507,7 +510,11 @@ class _Trainer:
         batches = iter(self._loader())
         timing = [0.0, 0.0, time.perf_counter()]  # data seconds, step seconds, window start
         try:
-            with _determinism(s["deterministic"]), self._stop_on_signals():
+            with (
+                _determinism(s["deterministic"]),
+                self._stop_on_signals(),
+                model_threads(self.module, self.device),
+            ):
                 for iteration in range(self.start, max_iters):
                     loss, stop, data_time, step_time = self._step(iteration, network, ddp, batches)
                     timing[0] += data_time
@@ -540,10 +547,14 @@ class _Trainer:
         shutdown) only ask to stop: the current iteration ends, every process saves a checkpoint
         there and the run raises KeyboardInterrupt; ``--resume`` continues exactly. A second
         Ctrl-C interrupts at once (launchers often send SIGTERM right after forwarding SIGINT:
-        that still stops gracefully)."""
+        that still stops gracefully).
+
+        Only when the caller asked for it (``stop_on_signals``: the command line does): a
+        library call, a test say, keeps the process's own handlers, so a signal meant to end the
+        process still ends it."""
         self.stop_requested = False
         ctrl_c = [0]  # SIGINTs received
-        if threading.current_thread() is not threading.main_thread():
+        if not self.stop_on_signals or threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread
             return
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -670,8 +681,14 @@ def train(
     settings: TrainSettings,
     resume: bool = False,
     progress: Any = None,
+    stop_on_signals: bool = False,
 ) -> TrainResult:
     """Train the loaded ``adapter`` on ``protocol.train``, writing checkpoints and the log into
     ``out``; ``resume`` continues from the latest checkpoint there exactly as if never stopped.
-    ``progress``: a rich Progress to show loss, LR, it/s and ETA on (rank 0 only)."""
-    return _Trainer(adapter, protocol, data_root, out, settings, resume, progress).run()
+    ``progress``: a rich Progress to show loss, LR, it/s and ETA on (rank 0 only).
+    ``stop_on_signals``: SIGINT / SIGTERM finish the iteration, save a checkpoint and raise
+    KeyboardInterrupt (for command-line programs; a library call leaves signals alone).
+    A small model trains on one CPU thread (``ovrsisbench.threads``)."""
+    return _Trainer(
+        adapter, protocol, data_root, out, settings, resume, progress, stop_on_signals
+    ).run()

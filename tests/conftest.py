@@ -11,6 +11,23 @@ import pytest
 PLUGINS = Path(__file__).parent / "plugins"
 
 
+def pytest_configure(config):
+    """The tests build tiny models: the thread policy for small models (one torch thread,
+    ``ovrsisbench.threads``) holds for the whole run, so a busy machine does not stall it;
+    ``OVRSISBENCH_THREADS=N`` or ``OMP_NUM_THREADS`` overrides it."""
+    import torch
+
+    from ovrsisbench.errors import UserError
+    from ovrsisbench.threads import policy_threads
+
+    try:
+        threads = policy_threads(0)  # a tiny model's
+    except UserError as error:
+        raise pytest.UsageError(str(error)) from None
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data root holding the two synthetic demo datasets (generated once per session)."""

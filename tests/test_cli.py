@@ -77,12 +77,16 @@ def test_user_mistakes_are_one_line(cli, tmp_path, synthetic_root):
     assert_user_error(cli("prepare", "loveda", "--src", tmp_path / "nowhere"), "does not exist")
     data = ["--data-root", tmp_path / "data"]
     assert_user_error(cli("prepare", "loveda", "--src", tmp_path, *data), "no loveda image/label")
-    assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "--source", "x"), "unknown --source")
+    assert_user_error(
+        cli("prepare", "vdd", "--src", tmp_path, "--source", "x"),
+        "'x' is not one of 'raw', 'archive'",
+    )
     assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "--tile", "-1"), "--tile")
     assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "--stride", "8"), "need a tile")
     assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "--workers", "0"), "--workers")
     assert_user_error(
-        cli("prepare", "vdd", "--src", tmp_path, "--tile", "8", "--edge", "wrap"), "edge mode"
+        cli("prepare", "vdd", "--src", tmp_path, "--tile", "8", "--edge", "wrap"),
+        "'wrap' is not one of 'drop', 'clamp', 'pad'",
     )
     assert_user_error(cli("prepare", "vdd", "--src", tmp_path, "-o", "x=1"), "unknown option(s) x")
     assert_user_error(
@@ -90,8 +94,10 @@ def test_user_mistakes_are_one_line(cli, tmp_path, synthetic_root):
     )
     assert_user_error(cli("prepare", "all", "--src", tmp_path, "--tile", "8"), "one dataset")
     assert not (tmp_path / "data").exists()
-    assert_user_error(cli("leaderboard", "--format", "xls"), "unknown format")
-    assert_user_error(cli("run", "--model", "maskclip", "--device", "tpu"), "unknown device")
+    assert_user_error(cli("leaderboard", "--format", "xls"), "'xls' is not one of 'table'")
+    assert_user_error(
+        cli("run", "--model", "maskclip", "--device", "tpu"), "'tpu' is not one of 'cpu', 'cuda'"
+    )
     assert_user_error(cli("run", "--model", "maskclip", "-o", "arch"), "KEY=VALUE")
     assert_user_error(
         cli("run", "--model", "maskclip", "-o", "colour=red", "--protocol", "demo"),
@@ -225,11 +231,11 @@ def test_ctrl_c_is_one_line_and_exit_code_130(cli, monkeypatch, synthetic_root, 
 
     monkeypatch.setattr(Evaluator, "run", ctrl_c)
     result = cli(
-        "run", "--model", "maskclip", "-o", "arch=tiny", "--protocol", "demo",
+        "run", "--model", "maskclip", "--backbone", "tiny", "--protocol", "demo",
         "--data-root", synthetic_root, "--results", tmp_path,
     )  # fmt: skip
     assert result.code == 130
-    assert result.err.strip().startswith("error: interrupted (run and prepare resume")
+    assert result.err.strip().startswith("error: interrupted (run, prepare and demo --out DIR resume")
 
 
 def test_run_with_a_missing_data_root_is_a_user_error(cli, tmp_path):
@@ -237,8 +243,8 @@ def test_run_with_a_missing_data_root_is_a_user_error(cli, tmp_path):
         "run",
         "--model",
         "maskclip",
-        "-o",
-        "arch=tiny",
+        "--backbone",
+        "tiny",
         "--protocol",
         "demo",
         "--data-root",
@@ -294,7 +300,8 @@ def test_leaderboard_policy_recomputes_from_the_matrices(
     expected = compute_scores(record["confusion"], "mmseg").miou
     assert float(values["synthetic-target mIoU"]) == pytest.approx(expected)
     assert_user_error(
-        cli("leaderboard", "--protocol", "demo", "--policy", "pangaea"), "unknown policy"
+        cli("leaderboard", "--protocol", "demo", "--policy", "pangaea"),
+        "'pangaea' is not one of 'exclude-absent', 'mmseg'",
     )
 
 
@@ -331,5 +338,5 @@ def test_adapters_that_cannot_load_are_named_not_tracebacks(
 def test_corrupt_weights_are_a_one_line_error(cli, tmp_path):
     weights = tmp_path / "broken.pt"
     weights.write_bytes(b"not a checkpoint")
-    result = cli("adapters", "validate", "maskclip", "-o", "arch=tiny", "--weights", weights)
+    result = cli("adapters", "validate", "maskclip", "--backbone", "tiny", "--weights", weights)
     assert result.code == 1 and "broken.pt" in result.out

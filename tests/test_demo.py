@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -48,9 +49,39 @@ def test_demo_trains_evaluates_and_reruns_without_redoing(short_demo_training, t
     assert len(trained) == 2
     # training-only options are not part of the records: the weights stand for them
     assert all("train_size" not in r["options"] for r in first.values())
-    board = (tmp_path / "results" / "leaderboard.md").read_text()
-    assert board.count("rsktseg") == 2 and board.count("maskclip") == 1
+    rows = list(csv.DictReader((tmp_path / "results" / "leaderboard.csv").open()))
+    models = [row["model"] for row in rows]
+    assert models.count("rsktseg") == 2 and models.count("maskclip") == 1
+    # the trained row says where its weights come from; no tiny model is called vit-b
+    labels = {row["weights"] for row in rows if row["model"] == "rsktseg"}
+    assert f"{sha[:12]} (run rsktseg)" in labels
+    assert {row["config"] for row in rows} == {"backbone=tiny"}
 
-    again = Console(record=True, width=250)
+    again = Console(record=True, width=80)
     assert run_demo(tmp_path, again)  # the same folder: training and records are reused
     assert records(tmp_path) == first
+    text = again.export_text()
+    table = text[text.index("SYNTHETIC leaderboard") : text.index("synthetic records:")]
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    assert f"{sha[:12]} (run rsktseg)" in table and "synthetic-target" in table
+
+
+def test_without_out_the_demo_removes_its_temporary_folder(monkeypatch):
+    """What the user cannot find again is removed (its size said); --out keeps everything."""
+    import ovrsisbench.demo as demo
+
+    used = []
+
+    def fake_demo(root, console, stop_on_signals, keep):
+        used.append((root, keep))
+        (root / "data").mkdir()
+        (root / "data" / "file.bin").write_bytes(b"x" * 3_000_000)
+        return True
+
+    monkeypatch.setattr(demo, "_run_demo", fake_demo)
+    console = Console(record=True, width=200)
+    assert run_demo(None, console)
+    [(root, keep)] = used
+    assert not keep and not root.exists()
+    text = console.export_text()
+    assert f"removed the temporary folder {root} (3 MB" in text and "--out DIR" in text

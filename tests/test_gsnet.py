@@ -245,6 +245,8 @@ def test_a_checkpoint_without_dino_needs_rsib_and_names_the_file(tmp_path, tiny)
 
 def test_run_with_the_tiny_backbone_on_synthetic_data(cli, synthetic_root, tmp_path):
     args = ["--protocol", "demo", "--data-root", synthetic_root, "--results", tmp_path]
+    # whole-image inference: the sliding window at 640 px has its own tests and takes 5x longer
+    args += ["-o", "inference=whole"]
     result = cli("run", "--model", ADAPTER, "--backbone", "tiny", "--device", "cpu", *args)
     assert result.code == 0, result.err
     records = sorted((tmp_path / "records").rglob("*.json"))

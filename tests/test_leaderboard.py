@@ -62,9 +62,10 @@ def test_render_and_write(synthetic_root, tmp_path, toy_adapters):
     run_toy(toy_adapters, synthetic_root, tmp_path)
     frame = build(load_protocol("demo"), tmp_path)
     csv_text = render(frame, "csv")
-    assert csv_text.splitlines()[0].startswith("rank,model,config,kind,synthetic-source mIoU")
+    header = "rank,model,config,weights,kind,synthetic-source mIoU"
+    assert csv_text.splitlines()[0].startswith(header)
     markdown = render(frame, "md")
-    assert markdown.startswith("| rank") and "toy_adapters:ColourAdapter" in markdown
+    assert markdown.startswith("|   rank |") and "toy_adapters:ColourAdapter" in markdown
     csv_path, md_path = write_leaderboards(tmp_path, [load_protocol("demo")])
     assert "toy_adapters:ColourAdapter" in csv_path.read_text()
     assert "Protocol `demo`" in md_path.read_text()
@@ -78,6 +79,32 @@ def test_markdown_renders_rows_without_mean_or_rank(synthetic_root, tmp_path, to
     rskt_b = next(
         line
         for line in published.splitlines()
-        if line.split("|")[2].strip() == "RSKT-Seg" and "backbone=ViT-B" in line
-    )
-    assert "| 90.60 " in rskt_b and "nan" not in rskt_b.lower()
+        if line.startswith("|") and line.split("|")[2].strip() == "RSKT-Seg"
+        and "backbone=ViT-B" in line
+    )  # fmt: skip
+    assert " 90.60 |" in rskt_b and "nan" not in rskt_b.lower()
+
+
+def test_markdown_numbers_are_right_aligned(synthetic_root, tmp_path, toy_adapters):
+    run_toy(toy_adapters, synthetic_root, tmp_path)
+    frame = build(load_protocol("demo"), tmp_path)
+    header, separator, *_ = render(frame, "md").splitlines()
+    names = [cell.strip() for cell in header.strip("|").split("|")]
+    aligns = [cell.strip() for cell in separator.strip("|").split("|")]
+    for name, align in zip(names, aligns, strict=True):
+        text = name in ("model", "config", "weights", "kind")
+        assert align.startswith(":") if text else align.endswith(":"), (name, align)
+
+
+def test_wide_markdown_is_one_table_per_metric(tmp_path):
+    """The eight-dataset protocols with published rows: one readable table per metric."""
+    frame = build(load_protocol("dlrsd"), tmp_path, with_reference=True)
+    markdown = render(frame, "md")
+    sections = markdown.split("### ")[1:]
+    assert [section.splitlines()[0] for section in sections] == ["mIoU", "mACC"]
+    for section, metric in zip(sections, ("mIoU", "mACC"), strict=True):
+        header = section.splitlines()[2]
+        metrics = {name.strip().rpartition(" ")[2] for name in header.strip("|").split("|")[5:]}
+        assert metrics == {metric}, header
+        assert f"mean {metric}" in header and "dlrsd" in header and "vdd" in header
+    assert render(build(load_protocol("demo"), tmp_path), "md").count("###") == 0

@@ -39,7 +39,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def adapter():
-    tiny = create_adapter("maskclip", arch="tiny")
+    tiny = create_adapter("maskclip", backbone="tiny")
     tiny.load(None, "cpu")
     tiny.set_vocabulary(VOCABULARY)
     return tiny
@@ -130,18 +130,18 @@ def test_predict_returns_scores_at_the_input_size(adapter, inference, size):
 def test_predict_is_deterministic_and_seeded(adapter):
     images = torch.rand(1, 3, 70, 90)
     torch.testing.assert_close(adapter.predict(images), adapter.predict(images))
-    same = create_adapter("maskclip", arch="tiny")
+    same = create_adapter("maskclip", backbone="tiny")
     same.load(None, "cpu")
     same.set_vocabulary(VOCABULARY)
     assert same.weights_sha256() == adapter.weights_sha256()
     torch.testing.assert_close(same.predict(images), adapter.predict(images))
-    other = create_adapter("maskclip", arch="tiny", seed=1)
+    other = create_adapter("maskclip", backbone="tiny", seed=1)
     other.load(None, "cpu")
     assert other.weights_sha256() != adapter.weights_sha256()
 
 
 def test_vocabulary_change_changes_the_class_count():
-    tiny = create_adapter("maskclip", arch="tiny", long_side=None, window=64, stride=32)
+    tiny = create_adapter("maskclip", backbone="tiny", long_side=None, window=64, stride=32)
     tiny.set_vocabulary([["water"]])  # before load: kept until the model exists
     tiny.load(None, "cpu")
     assert tiny.predict(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
@@ -151,7 +151,7 @@ def test_vocabulary_change_changes_the_class_count():
 
 def test_predict_before_load_is_an_error():
     with pytest.raises(RuntimeError, match="load"):
-        create_adapter("maskclip", arch="tiny").predict(torch.rand(1, 3, 8, 8))
+        create_adapter("maskclip", backbone="tiny").predict(torch.rand(1, 3, 8, 8))
 
 
 def test_tiny_never_downloads(monkeypatch):
@@ -159,7 +159,7 @@ def test_tiny_never_downloads(monkeypatch):
         raise AssertionError("download attempted")
 
     monkeypatch.setattr(open_clip, "download_pretrained", refuse)
-    create_adapter("maskclip", arch="tiny").load(None, "cpu")
+    create_adapter("maskclip", backbone="tiny").load(None, "cpu")
 
 
 def test_offline_default_weights_fail_as_a_user_error(monkeypatch):
@@ -175,7 +175,7 @@ def test_weights_file_loads_and_is_hashed(tmp_path):
     torch.manual_seed(3)
     path = tmp_path / "tiny.pt"
     torch.save(build_clip(TINY_VIT_CONFIG).state_dict(), path)
-    tiny = create_adapter("maskclip", arch="tiny")
+    tiny = create_adapter("maskclip", backbone="tiny")
     tiny.load(path, "cpu")
     assert tiny.weights_sha256() == file_sha256(path)
 
@@ -186,7 +186,7 @@ def test_weights_with_a_wrong_key_fail_naming_it(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save(state, path)
     with pytest.raises(UserError, match="visual.proj_typo"):
-        create_adapter("maskclip", arch="tiny").load(path, "cpu")
+        create_adapter("maskclip", backbone="tiny").load(path, "cpu")
 
 
 def test_meta_build_counts_match_open_clip():
@@ -202,11 +202,11 @@ def test_meta_build_counts_match_open_clip():
 
 
 def test_numerics_option_sets_the_image_tower_activation():
-    mmseg = create_adapter("maskclip", arch="tiny").build("meta").clip.model
+    mmseg = create_adapter("maskclip", backbone="tiny").build("meta").clip.model
     assert isinstance(mmseg.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
     assert mmseg.visual.ln_post.eps == 1e-6
     assert isinstance(mmseg.transformer.resblocks[0].mlp.gelu, QuickGELU)
-    clip = create_adapter("maskclip", arch="tiny", numerics="clip").build("meta").clip.model
+    clip = create_adapter("maskclip", backbone="tiny", numerics="clip").build("meta").clip.model
     assert isinstance(clip.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
     assert clip.visual.ln_post.eps == 1e-5
 

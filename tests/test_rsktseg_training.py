@@ -526,6 +526,7 @@ def test_recipe_loss_normalises_the_images(recipe, monkeypatch):
 
 
 # -- the tiny model learns (the demo's schedule) ----------------------------------------------
+@pytest.mark.slow  # 300 iterations (the demo runs them too; the default tier trains 3 there)
 def test_tiny_training_lowers_the_loss_and_raises_miou(synthetic_root, tmp_path):
     """The demo's training of the tiny RSKT-Seg (``DEMO_TRAINING``: 300 iterations on
     synthetic-source, seeded) against the same network untrained (the ``seed`` option fixes the

@@ -405,7 +405,7 @@ def test_training_free_and_described():
     assert described["upsampler"] == "simfeatup" and described["precision"] == "fp32"
     cls = type(adapter)
     assert cls.name == ADAPTER and cls.source_url == "https://github.com/likyoo/SegEarth-OV"
-    assert cls.demo_options == {"backbone": "tiny"}
+    assert cls.demo_options == {"backbone": "tiny", "long_side": 112, "window": 56, "stride": 28}
     assert cls.default_protocol == "segearth"  # `run --model segearth_ov` without --protocol
 
 

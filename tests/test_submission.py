@@ -24,7 +24,7 @@ from ovrsisbench.submission import SUBMISSION_SCHEMA, verify_submission
 
 
 def evaluate(results: Path, data_root: Path, **options) -> None:
-    adapter = create_adapter("maskclip", arch="tiny", **options)
+    adapter = create_adapter("maskclip", backbone="tiny", **options)
     adapter.load(None, "cpu")
     protocol = load_protocol("demo")
     evaluator = Evaluator(
@@ -79,7 +79,7 @@ def test_submission_contents(genuine, results):
     adapter = genuine["adapter"]
     assert adapter["name"] == "maskclip" and adapter["origin"] == "built-in"
     assert adapter["version"] and adapter["source_url"].startswith("https://")
-    assert adapter["licence"] and adapter["options"]["arch"] == "tiny"
+    assert adapter["licence"] and adapter["options"]["backbone"] == "tiny"
     assert adapter["params"]["total"] > 0 and adapter["inference"]
     assert [e["dataset"] for e in genuine["protocol"]["evaluation"]] == [
         "synthetic-source",

@@ -211,17 +211,50 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
 
     stopped.loss = ctrl_c_in_iteration_4
     out = tmp_path / "stopped"
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job of a shell script
     with pytest.raises(KeyboardInterrupt, match="after iteration 4"):
         settings = fast(max_iters=6, workers=1, checkpoint_every=100)
-        train(stopped, demo, synthetic_root, out, settings)
+        train(stopped, demo, synthetic_root, out, settings, stop_on_signals=True)
     assert len(calls) == 4 and latest_checkpoint(out) == (4, out / "checkpoint-0000004.json")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
     resumed = make_toy(seed=1)
     train(resumed, demo, synthetic_root, out, fast(max_iters=6), resume=True)
     expected, got = parameters(whole), load_file(out / "final.safetensors")
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_a_library_call_leaves_stop_signals_to_the_process(
+    make_toy, demo, synthetic_root, tmp_path
+):
+    """Only the command line turns SIGTERM into a graceful stop: under a test runner killed by
+    ``timeout``, the signal must reach the runner's own handler (here: an exception), not be
+    absorbed by the trainer while the test goes on to pass."""
+
+    class Terminated(Exception):
+        pass
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    adapter = make_toy()
+    calls = []
+
+    def sigterm_in_iteration_2(images, labels):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return type(adapter).loss(adapter, images, labels)
+
+    adapter.loss = sigterm_in_iteration_2
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        with pytest.raises(Terminated):
+            train(adapter, demo, synthetic_root, tmp_path, fast(max_iters=6, checkpoint_every=100))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(calls) == 2 and latest_checkpoint(tmp_path) is None
 
 
 @pytest.mark.parametrize(
@@ -247,7 +280,8 @@ def test_a_second_ctrl_c_interrupts_at_once(
 
     adapter.loss = two_signals
     with pytest.raises(KeyboardInterrupt):
-        train(adapter, demo, synthetic_root, tmp_path, fast(max_iters=6, checkpoint_every=100))
+        settings = fast(max_iters=6, checkpoint_every=100)
+        train(adapter, demo, synthetic_root, tmp_path, settings, stop_on_signals=True)
     assert len(calls) == 1
     assert latest_checkpoint(tmp_path) == (
         None if at_once else (1, tmp_path / "checkpoint-0000001.json")
@@ -671,3 +705,28 @@ def test_sigterm_to_one_process_stops_all_at_the_same_iteration(synthetic_root, 
     resumed = finish(start_by_hand([*arguments, "--resume"]))
     assert [p.returncode for p in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
     assert json.loads((out / "final.json").read_text())["iteration"] == 150
+
+
+def test_records_and_leaderboards_name_the_training_run(make_toy, demo, synthetic_root, tmp_path):
+    """The weights of `train` are labelled by their run (and a checkpoint by its iteration)."""
+    from ovrsisbench.checkpoints import weights_origin
+    from ovrsisbench.results import weights_label
+
+    out = tmp_path / "rsktseg-demo"
+    train(make_toy(), demo, synthetic_root, out, fast(max_iters=4))
+    final, checkpoint = out / "final.safetensors", out / "checkpoint-0000004.safetensors"
+    sha = hashlib.sha256(final.read_bytes()).hexdigest()
+    origin = weights_origin(final, sha)
+    assert origin == {
+        "file": "final.safetensors", "training_run": "rsktseg-demo", "protocol": "demo",
+        "iteration": 4,
+    }  # fmt: skip
+    record = {"weights_sha256": sha, "weights_origin": origin}
+    assert weights_label(record) == f"{sha[:12]} (run rsktseg-demo)"
+    origin = weights_origin(checkpoint, sha)  # the same network, as the run's last checkpoint
+    assert weights_label({"weights_sha256": sha, "weights_origin": origin}) == (
+        f"{sha[:12]} (run rsktseg-demo @ 4)"
+    )
+    # a file that is not the one its JSON describes is only named
+    assert weights_origin(final, "0" * 64) == {"file": "final.safetensors"}
+    assert weights_label({"weights_sha256": None, "weights_origin": None}) == "none"

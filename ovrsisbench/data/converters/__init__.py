@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ovrsisbench.choices import SOURCE_KINDS
 from ovrsisbench.data.converters.base import Converter
-from ovrsisbench.errors import UserError
-
-SOURCE_KINDS = ("raw", "archive")
+from ovrsisbench.errors import UserError, did_you_mean
 
 
 def converter_classes(kind: str) -> dict[str, type[Converter]]:
@@ -39,5 +38,8 @@ def get_converter(dataset: str, kind: str = "raw", options: dict[str, Any] | Non
     """The converter of ``dataset`` from a ``kind`` source, with converter ``options``."""
     classes = converter_classes(kind)
     if dataset not in classes:
-        raise UserError(f"unknown dataset '{dataset}' (known: {', '.join(classes)})")
+        raise UserError(
+            f"unknown dataset '{dataset}'{did_you_mean(dataset, list(classes))} "
+            f"(known: {', '.join(classes)})"
+        )
     return classes[dataset](options)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ovrsisbench.choices import EDGE_MODES
 from ovrsisbench.data.native import IGNORE_INDEX
 from ovrsisbench.errors import UserError
-
-EDGE_MODES = ("drop", "clamp", "pad")
 
 
 @dataclass(frozen=True)
