@@ -2,10 +2,9 @@
 
 A small model's CPU work is a long series of small operations. With two or more torch
 threads, each operation ends at a barrier that waits for every thread; when another process
-holds a core, that wait lasts a scheduler time slice, and the demo's tiny training ran 30x
-slower next to one CPU-bound process (bench/demo_time.py measures it, idle and busy). One
-thread costs a small model less than that when the machine is idle, and avoids the stall
-when it is busy. Large models keep torch's default: their operations are long enough to
+holds a core, that wait lasts a scheduler time slice. On 2 cores next to a 2-process CPU hog
+the demo took 250 s with torch's two threads and 113 s with one; alone, 63 s either way
+(bench/demo_time.py). Large models keep torch's default: their operations are long enough to
 share out.
 
 ``OVRSISBENCH_THREADS=N`` (or ``OMP_NUM_THREADS``) set by the user always wins.
