@@ -235,7 +235,9 @@ def test_ctrl_c_is_one_line_and_exit_code_130(cli, monkeypatch, synthetic_root, 
         "--data-root", synthetic_root, "--results", tmp_path,
     )  # fmt: skip
     assert result.code == 130
-    assert result.err.strip().startswith("error: interrupted (run, prepare and demo --out DIR resume")
+    assert result.err.strip().startswith(
+        "error: interrupted (run, prepare and demo --out DIR resume"
+    )
 
 
 def test_run_with_a_missing_data_root_is_a_user_error(cli, tmp_path):

@@ -191,6 +191,21 @@ def test_resume_takes_seed_amp_and_accumulate_from_the_checkpoint(
         train(make_toy(), demo, synthetic_root, out, TrainSettings(seed=6), resume=True)
 
 
+def signal_in_iteration(adapter, iteration: int, signum: int) -> list[int]:
+    """Make ``adapter``'s loss send ``signum`` to this process in ``iteration`` (1-based);
+    returns the list that counts the loss calls."""
+    calls: list[int] = []
+
+    def loss(images, labels):
+        calls.append(1)
+        if len(calls) == iteration:
+            os.kill(os.getpid(), signum)
+        return type(adapter).loss(adapter, images, labels)
+
+    adapter.loss = loss
+    return calls
+
+
 def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     make_toy, demo, synthetic_root, tmp_path
 ):
@@ -201,15 +216,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_exact(
     train(whole, demo, synthetic_root, tmp_path / "whole", fast(max_iters=6))
 
     stopped = make_toy()
-    calls = []
-
-    def ctrl_c_in_iteration_4(images, labels):
-        calls.append(1)
-        if len(calls) == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return type(stopped).loss(stopped, images, labels)
-
-    stopped.loss = ctrl_c_in_iteration_4
+    calls = signal_in_iteration(stopped, 4, signal.SIGINT)
     out = tmp_path / "stopped"
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job of a shell script
     with pytest.raises(KeyboardInterrupt, match="after iteration 4"):
@@ -239,15 +246,7 @@ def test_a_library_call_leaves_stop_signals_to_the_process(
         raise Terminated
 
     adapter = make_toy()
-    calls = []
-
-    def sigterm_in_iteration_2(images, labels):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return type(adapter).loss(adapter, images, labels)
-
-    adapter.loss = sigterm_in_iteration_2
+    calls = signal_in_iteration(adapter, 2, signal.SIGTERM)
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
         with pytest.raises(Terminated):
