@@ -8,6 +8,7 @@ have cores) for the whole run. A run that takes longer than --timeout is stopped
 "> timeout", a failed one as "failed".
 
 Usage: python bench/demo_time.py [--hogs 2] [--timeout 900] [--only idle|busy]
+       python bench/demo_time.py --command "python -m pytest -q"   # the default test tier
 """
 
 from __future__ import annotations

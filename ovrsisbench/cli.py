@@ -963,7 +963,7 @@ def main() -> None:
         from ovrsisbench.threads import requested_threads
 
         requested_threads()  # a bad OVRSISBENCH_THREADS fails before any work
-        code = app(standalone_mode=False)
+        code = app(prog_name="ovrsisbench", standalone_mode=False)
     except typer.Abort:  # end of input at a prompt
         code = INTERRUPTED
     except UserError as error:

@@ -211,3 +211,11 @@ def test_backbone_choices_are_the_built_in_models_backbones():
 def test_a_bad_thread_setting_is_one_line(cli, monkeypatch):
     monkeypatch.setenv("OVRSISBENCH_THREADS", "lots")
     assert_user_error(cli("leaderboard"), "OVRSISBENCH_THREADS='lots' must be a positive integer")
+
+
+def test_python_m_is_the_same_command():
+    """One program name whatever starts it: help, hints and the completion variable agree."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ovrsisbench", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("Usage: ovrsisbench [OPTIONS]")
