@@ -410,8 +410,8 @@ def print_outcomes(outcomes: list[Any], protocol: str, model: str) -> None:
     from ovrsisbench.display import format_number, new_table
 
     columns = ("dataset", "status", "mIoU", "fwIoU", "mACC", "pACC", "images")
-    table = new_table(columns, [c not in ("dataset", "status") for c in columns])
-    table.title = f"{model} on protocol {protocol}"
+    numeric = [c not in ("dataset", "status") for c in columns]
+    table = new_table(columns, numeric, f"{model} on protocol {protocol}")
     for outcome in outcomes:
         if outcome.record is None:
             table.add_row(outcome.dataset, "[red]failed[/red]", *[""] * 5)
@@ -867,8 +867,8 @@ def datasets_list(data_root: DataRoot = None) -> None:
         )
         return
     columns = ("dataset", "classes", "all", "train", "val", "source", "created")
-    table = new_table(columns, [c in ("classes", "all", "train", "val") for c in columns])
-    table.title = f"prepared datasets in {root}"
+    numeric = [c in ("classes", "all", "train", "val") for c in columns]
+    table = new_table(columns, numeric, f"prepared datasets in {root}")
     for dataset in prepared:
         meta = dataset.meta
         counts = [meta.splits.get(split) for split in ("all", "train", "val")]

@@ -184,7 +184,8 @@ def _mean(row: Row, datasets: list[str], metric: str) -> float | None:
 def leaderboard_frame(
     protocol: Protocol, rows: list[Row], with_fwiou: bool = False
 ) -> pd.DataFrame:
-    """The table: rank, model, config, kind, per-dataset metrics, means (NaN = missing)."""
+    """The table: rank, the ``ROW_COLUMNS`` (model, config, weights, kind), per-dataset metrics,
+    means (NaN = missing)."""
     datasets = [entry.dataset for entry in protocol.evaluation]
     metrics = list(METRICS if with_fwiou else METRICS[:2])
     table = []
