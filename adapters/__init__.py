@@ -1,22 +1,16 @@
-"""Built-in adapters: one thin module per model (registration, options, weights, protocol glue)."""
+"""Built-in adapters: one thin module per model (registration, options, weights, protocol glue).
 
-from ovrsisbench.adapter import Adapter
-from ovrsisbench.adapters.catseg import CatSegAdapter
-from ovrsisbench.adapters.gsnet import GSNetAdapter
-from ovrsisbench.adapters.maskclip import MaskCLIPAdapter
-from ovrsisbench.adapters.ovrs import OVRSAdapter
-from ovrsisbench.adapters.rsktseg import RSKTSegAdapter
-from ovrsisbench.adapters.san import SANAdapter
-from ovrsisbench.adapters.sed import SEDAdapter
-from ovrsisbench.adapters.segearth_ov import SegEarthOVAdapter
+``BUILTINS`` names each one's class as ``module:Class``; ``ovrsisbench.registry`` imports a model's
+module only when that model is asked for, so the CLI and leaderboards start without any model.
+"""
 
-BUILTINS: dict[str, type[Adapter]] = {
-    "catseg": CatSegAdapter,
-    "gsnet": GSNetAdapter,
-    "maskclip": MaskCLIPAdapter,
-    "ovrs": OVRSAdapter,
-    "rsktseg": RSKTSegAdapter,
-    "san": SANAdapter,
-    "sed": SEDAdapter,
-    "segearth_ov": SegEarthOVAdapter,
+BUILTINS: dict[str, str] = {
+    "catseg": "ovrsisbench.adapters.catseg:CatSegAdapter",
+    "gsnet": "ovrsisbench.adapters.gsnet:GSNetAdapter",
+    "maskclip": "ovrsisbench.adapters.maskclip:MaskCLIPAdapter",
+    "ovrs": "ovrsisbench.adapters.ovrs:OVRSAdapter",
+    "rsktseg": "ovrsisbench.adapters.rsktseg:RSKTSegAdapter",
+    "san": "ovrsisbench.adapters.san:SANAdapter",
+    "sed": "ovrsisbench.adapters.sed:SEDAdapter",
+    "segearth_ov": "ovrsisbench.adapters.segearth_ov:SegEarthOVAdapter",
 }

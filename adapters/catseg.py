@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ovrsisbench.adapter import file_sha256, weights_cache
+from ovrsisbench.adapter import weights_cache
 from ovrsisbench.adapters.catseg_family import (
     COMMON_CHOICES,
     COMMON_OPTIONS,
@@ -35,6 +35,7 @@ from ovrsisbench.adapters.catseg_family import (
 )
 from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
+from ovrsisbench.io import file_sha256
 from ovrsisbench.models.catseg.checkpoint import KEYS
 from ovrsisbench.models.catseg.model import CONFIGS, CatSeg, CatSegConfig
 from ovrsisbench.models.common.catseg_clip import CLIP_NAMES

@@ -28,13 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import file_sha256, json_sha256, weights_cache
+from ovrsisbench.adapter import weights_cache
 from ovrsisbench.adapters.catseg import CatSegAdapter
 from ovrsisbench.adapters.catseg_family import (
     SOLVER_DEFAULTS,
 )
 from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
+from ovrsisbench.io import file_sha256, json_sha256
 from ovrsisbench.models.common.rsib import RSIB_FILE, RSIB_SOURCE, load_rsib_checkpoint
 from ovrsisbench.models.gsnet.checkpoint import DINO_PREFIX, KEYS
 from ovrsisbench.models.gsnet.model import CONFIGS, GSNet, GSNetConfig

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import PromptAdapter, file_sha256, state_dict_sha256, weights_cache
+from ovrsisbench.adapter import PromptAdapter, weights_cache
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     long_side_size,
@@ -54,6 +54,7 @@ from ovrsisbench.inference import (
     slide_inference,
     whole_inference,
 )
+from ovrsisbench.io import file_sha256, state_dict_sha256
 from ovrsisbench.models.common.dense_clip import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,

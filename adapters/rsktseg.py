@@ -35,11 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import (
-    DemoTraining,
-    file_sha256,
-    weights_cache,
-)
+from ovrsisbench.adapter import DemoTraining, weights_cache
 from ovrsisbench.adapters.catseg_family import (
     COMMON_CHOICES,
     COMMON_OPTIONS,
@@ -48,6 +44,7 @@ from ovrsisbench.adapters.catseg_family import (
 )
 from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
+from ovrsisbench.io import file_sha256
 from ovrsisbench.models.common.catseg_clip import CLIP_NAMES
 from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_pretrained
 from ovrsisbench.models.common.rsib import RSIB_FILE, RSIB_SOURCE

@@ -41,12 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ovrsisbench.adapter import (
-    TrainingRecipe,
-    check_number_option,
-    file_sha256,
-    weights_cache,
-)
+from ovrsisbench.adapter import TrainingRecipe, check_number_option, weights_cache
 from ovrsisbench.adapters.weights import CheckpointAdapter, checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
@@ -56,6 +51,7 @@ from ovrsisbench.inference import (
     resize_to,
     shortest_edge_size,
 )
+from ovrsisbench.io import file_sha256
 from ovrsisbench.models.common.checkpoint import OriginalKeys
 from ovrsisbench.models.common.dense_clip import (
     OPENAI_CLIP_MEAN,

@@ -36,12 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ovrsisbench.adapter import (
-    TrainingRecipe,
-    check_number_option,
-    file_sha256,
-    weights_cache,
-)
+from ovrsisbench.adapter import TrainingRecipe, check_number_option, weights_cache
 from ovrsisbench.adapters.catseg_family import (
     CLIP_MEAN_255,
     CLIP_MULTIPLIER,
@@ -59,6 +54,7 @@ from ovrsisbench.inference import (
     resize_to,
     shortest_edge_size,
 )
+from ovrsisbench.io import file_sha256
 from ovrsisbench.models.common.dense_clip import (
     load_state_dict_file,
     load_weights_strict,

@@ -38,17 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovrsisbench.adapter import (
-    BackgroundRule,
-    PromptAdapter,
-    check_number_option,
-    file_sha256,
-    json_sha256,
-    state_dict_sha256,
-    weights_cache,
-)
+from ovrsisbench.adapter import PromptAdapter, check_number_option, weights_cache
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import long_side_size, normalize, resize_to, slide_inference
+from ovrsisbench.io import file_sha256, json_sha256, state_dict_sha256
 from ovrsisbench.models.common.dense_clip import CheckpointMismatchError, resolve_pretrained
 from ovrsisbench.models.common.text import IMAGENET_TEMPLATES, build_text_classifier, get_tokenizer
 from ovrsisbench.models.segearth_ov import (
@@ -60,6 +53,7 @@ from ovrsisbench.models.segearth_ov import (
     load_upsampler,
     reject_background,
 )
+from ovrsisbench.protocol import BackgroundRule
 
 UPSAMPLER_FILE = "xclip_jbu_one_million_aid.ckpt"
 UPSAMPLER_URL = (

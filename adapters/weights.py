@@ -11,8 +11,9 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ovrsisbench.adapter import PromptAdapter, state_dict_sha256
+from ovrsisbench.adapter import PromptAdapter
 from ovrsisbench.errors import UserError
+from ovrsisbench.io import state_dict_sha256
 from ovrsisbench.models.common.checkpoint import CheckpointMismatchError, OriginalKeys
 
 T = TypeVar("T")

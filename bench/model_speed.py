@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch.utils.flop_counter import FlopCounterMode
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.adapters.catseg_family import CLIP_MEAN_255, CLIP_STD_255
 from ovrsisbench.inference import catseg_slide_inference, normalize, pad_to_multiple
 from ovrsisbench.models.catseg.model import CONFIGS as CATSEG_CONFIGS
@@ -51,6 +50,7 @@ from ovrsisbench.models.gsnet.model import GSNet
 from ovrsisbench.models.ovrs.model import OVRS
 from ovrsisbench.models.rsktseg.model import CONFIGS as RSKTSEG_CONFIGS
 from ovrsisbench.models.rsktseg.model import RSKTSeg
+from ovrsisbench.registry import create_adapter
 
 TARGET = 0.5
 MATMUL_SIZE = 2048

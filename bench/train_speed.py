@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.adapters.rsktseg import DEMO_TRAINING
 from ovrsisbench.data.converters.synthetic import generate_synthetic_benchmark
 from ovrsisbench.models.rsktseg.model import CONFIGS, RSKTSeg
 from ovrsisbench.protocol import load_protocol
+from ovrsisbench.registry import create_adapter
 from ovrsisbench.train import TrainSettings, train
 
 WARMUP = 1  # logged iterations left out of the averages

@@ -1,26 +1,21 @@
-"""The adapter contract every model implements, and the registry that finds adapters by name.
-
-An adapter is found, in this order, among the built-ins (``ovrsisbench.adapters.BUILTINS``),
-in the entry-point group ``ovrsisbench.adapters``, or as a ``package.module:ClassName`` string.
-"""
+"""The adapter contract every model implements (``ovrsisbench.registry`` finds them by name)."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ovrsisbench.errors import UserError, did_you_mean
+from ovrsisbench.errors import UserError
 
-ENTRY_POINT_GROUP = "ovrsisbench.adapters"
+if TYPE_CHECKING:
+    from ovrsisbench.protocol import BackgroundRule
+
 ENCODER_GROUPS = ("clip", "remoteclip", "dino")
 
 
@@ -53,17 +48,6 @@ class DemoTraining:
     options: dict[str, Any]
     settings: dict[str, Any]
     reason: str
-
-
-@dataclass(frozen=True)
-class BackgroundRule:
-    """A vocabulary's rejection rule (its ``background`` entry): pixels whose highest class
-    probability is below ``threshold`` are assigned to class ``index`` (SegEarth-OV's per-dataset
-    ``prob_thd`` / ``bg_idx``). Models that score with probabilities of their own apply it in
-    ``Adapter.set_background``; the others score every pixel as usual."""
-
-    index: int
-    threshold: float
 
 
 class Adapter:
@@ -213,171 +197,7 @@ def _json_values(name: str, options: dict[str, Any]) -> dict[str, Any]:
         ) from None
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_cache() -> Path:
     """Where weights are looked for and downloaded: ``$OVRSISBENCH_WEIGHTS`` or
     ``~/.cache/ovrsisbench``."""
     return Path(os.environ.get("OVRSISBENCH_WEIGHTS", Path.home() / ".cache" / "ovrsisbench"))
-
-
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    """SHA-256 over a module's state dict (key names and tensor bytes, in key order): the
-    identity of random weights that no file holds."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def json_sha256(value: Any) -> str:
-    """Hex SHA-256 of a JSON-serialisable value in canonical form (sorted keys, no spaces)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-# -- registry ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AdapterEntry:
-    """Where an adapter class was found."""
-
-    name: str
-    origin: str  # "built-in", "entry point (<dist>)" or "module:Class"
-    cls: type[Adapter]
-    dist: metadata.Distribution | None = None  # the distribution of an entry point
-
-    def provenance(self) -> dict[str, str | None]:
-        """Name, origin, version, source URL and licence: the class's own values (set on the
-        class itself: a subclass of another model is not that model), else its distribution's
-        metadata (entry points), else ovrsisbench's version (built-ins)."""
-        own, meta = vars(self.cls), self.dist.metadata if self.dist is not None else None
-        version = own.get("version") or (self.dist.version if self.dist is not None else None)
-        if version is None and self.origin == "built-in":
-            from ovrsisbench import __version__
-
-            version = __version__
-        source_url = own.get("source_url") or (_distribution_url(meta) if meta else None)
-        licence = own.get("licence") or (_distribution_licence(meta) if meta else None)
-        return {
-            "name": self.name,
-            "origin": self.origin,
-            "version": version,
-            "source_url": source_url,
-            "licence": licence,
-        }
-
-
-def _distribution_url(meta: Any) -> str | None:
-    """Home page, else the first project URL, of a distribution's metadata."""
-    if meta.get("Home-page"):
-        return meta["Home-page"]
-    for entry in meta.get_all("Project-URL") or []:
-        return entry.split(",", 1)[-1].strip()
-    return None
-
-
-def _distribution_licence(meta: Any) -> str | None:
-    return meta.get("License-Expression") or meta.get("License") or None
-
-
-def _builtin_adapters() -> dict[str, type[Adapter]]:
-    from ovrsisbench.adapters import BUILTINS
-
-    return dict(BUILTINS)
-
-
-def _entry_points() -> list[metadata.EntryPoint]:
-    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
-
-
-def _check_adapter_class(obj: Any, where: str) -> type[Adapter]:
-    if not (isinstance(obj, type) and issubclass(obj, Adapter)):
-        raise UserError(f"{where} is not a subclass of ovrsisbench.adapter.Adapter")
-    return obj
-
-
-def _import_spec(spec: str) -> type[Adapter]:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"adapter '{spec}' must look like package.module:ClassName")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # ImportError, or any error raised by the module's own code
-        raise UserError(
-            f"cannot import adapter module '{module_name}': {type(error).__name__}: {error}"
-        ) from error
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise UserError(f"module '{module_name}' has no attribute '{attr}'") from None
-    return _check_adapter_class(obj, f"'{spec}'")
-
-
-def _load_entry_point(point: metadata.EntryPoint) -> AdapterEntry:
-    dist = point.dist.name if point.dist else "unknown distribution"
-    where = f"entry point '{point.name}' ({point.value})"
-    try:
-        loaded = point.load()
-    except Exception as error:
-        raise UserError(f"cannot load {where}: {type(error).__name__}: {error}") from error
-    cls = _check_adapter_class(loaded, where)
-    return AdapterEntry(point.name, f"entry point ({dist})", cls, point.dist)
-
-
-def list_adapters() -> tuple[list[AdapterEntry], list[str]]:
-    """Adapters found without a module:Class string (built-ins, then entry points), and a
-    message for every entry point that could not be loaded (a broken plug-in hides no other)."""
-    entries = [AdapterEntry(n, "built-in", c) for n, c in sorted(_builtin_adapters().items())]
-    problems = []
-    seen = {entry.name for entry in entries}
-    for point in sorted(_entry_points(), key=lambda p: p.name):
-        if point.name in seen:
-            continue
-        try:
-            entries.append(_load_entry_point(point))
-        except UserError as error:
-            problems.append(str(error))
-        seen.add(point.name)
-    return entries, problems
-
-
-def find_adapter(name: str) -> AdapterEntry:
-    """Resolve ``name`` (built-in, entry point, or module:Class) to its adapter class."""
-    if ":" in name:
-        cls = _import_spec(name)
-        return AdapterEntry(cls.name or name, name, cls)
-    builtins = _builtin_adapters()
-    if name in builtins:
-        return AdapterEntry(name, "built-in", builtins[name])
-    for point in _entry_points():
-        if point.name == name:
-            return _load_entry_point(point)
-    known = [entry.name for entry in list_adapters()[0]]
-    raise UserError(
-        f"unknown model '{name}'{did_you_mean(name, known)} (known: {', '.join(known)}; or give "
-        "package.module:ClassName)"
-    )
-
-
-def create_adapter(name: str, **options: Any) -> Adapter:
-    """Instantiate the adapter named ``name`` with ``options``."""
-    entry = find_adapter(name)
-    try:
-        adapter = entry.cls(**options)
-    except UserError:
-        raise
-    except Exception as error:  # a third-party constructor's own failure
-        raise UserError(
-            f"adapter '{name}' could not be created: {type(error).__name__}: {error}"
-        ) from error
-    if not adapter.name:
-        adapter.name = entry.name
-    return adapter

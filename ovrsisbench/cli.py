@@ -350,11 +350,11 @@ def run(
     evaluates its share of each dataset's images; rank 0 alone prints and writes records and
     leaderboards.
     """
-    from ovrsisbench.adapter import create_adapter
     from ovrsisbench.display import TaskProgress, make_progress
     from ovrsisbench.distributed import cleanup, context
     from ovrsisbench.evaluate import EvalSettings, Evaluator
     from ovrsisbench.protocol import load_protocol
+    from ovrsisbench.registry import create_adapter
     from ovrsisbench.results import ResultStore
 
     proto = load_protocol(protocol) if protocol else None
@@ -534,10 +534,10 @@ def train(
     """
     import torch
 
-    from ovrsisbench.adapter import create_adapter, find_adapter
     from ovrsisbench.display import make_progress
     from ovrsisbench.distributed import cleanup, context
     from ovrsisbench.protocol import load_protocol
+    from ovrsisbench.registry import create_adapter, find_adapter
     from ovrsisbench.train import TrainSettings, seed_everything
     from ovrsisbench.train import train as train_adapter
 
@@ -774,8 +774,8 @@ def verify(
 @adapters_app.command("list")
 def adapters_list() -> None:
     """Show every discoverable adapter: name, origin, trainable or not, what it is."""
-    from ovrsisbench.adapter import list_adapters
     from ovrsisbench.display import new_table
+    from ovrsisbench.registry import list_adapters
 
     table = new_table(("name", "origin", "trainable", "description"), [False] * 4, "adapters")
     entries, problems = list_adapters()
@@ -801,7 +801,7 @@ def adapters_validate(
     option: OptionList = None,
 ) -> None:
     """Check an adapter against the contract on generated inputs; lists every breach."""
-    from ovrsisbench.adapter import create_adapter
+    from ovrsisbench.registry import create_adapter
     from ovrsisbench.validate import validate_adapter
 
     torch_device = resolve_device(device)
@@ -831,9 +831,9 @@ def adapters_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Parameter counts (total, trainable; per group) of the model, built on the meta device."""
-    from ovrsisbench.adapter import create_adapter
     from ovrsisbench.display import new_table
     from ovrsisbench.params import adapter_parameters
+    from ovrsisbench.registry import create_adapter
 
     adapter = create_adapter(name, **parse_options(option, backbone))
     try:

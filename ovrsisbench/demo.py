@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ovrsisbench.adapter import Adapter, create_adapter, find_adapter, list_adapters
+from ovrsisbench.adapter import Adapter
 from ovrsisbench.checkpoints import latest_checkpoint
 from ovrsisbench.data.converters.synthetic import generate_synthetic_benchmark
 from ovrsisbench.display import TaskProgress, make_progress
 from ovrsisbench.evaluate import EvalSettings, Evaluator, Outcome
 from ovrsisbench.leaderboard import build, print_leaderboard, write_leaderboards
 from ovrsisbench.protocol import Protocol, load_protocol
+from ovrsisbench.registry import create_adapter, find_adapter, list_adapters
 from ovrsisbench.results import ResultStore
 from ovrsisbench.train import LOG_FILE, TrainSettings, seed_everything, train
 

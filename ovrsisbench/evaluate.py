@@ -26,13 +26,14 @@ import torch
 from torch.utils.data import Subset
 
 import ovrsisbench
-from ovrsisbench.adapter import Adapter, file_sha256, json_sha256
+from ovrsisbench.adapter import Adapter
 from ovrsisbench.checkpoints import weights_origin
 from ovrsisbench.data.layout import PreparedDataset, open_dataset
 from ovrsisbench.data.loader import SegmentationDataset, read_ahead
 from ovrsisbench.distributed import Context
 from ovrsisbench.environment import describe_environment, device_name
 from ovrsisbench.errors import DataError
+from ovrsisbench.io import file_sha256, json_sha256
 from ovrsisbench.metrics import DEFAULT_POLICY, ConfusionMatrix, compute_scores
 from ovrsisbench.params import count_parameters
 from ovrsisbench.protocol import EvalEntry, Protocol, Vocabulary

@@ -1,18 +1,27 @@
-"""Atomic file writes: a temp file in the target's folder, fsync, then ``os.replace``.
+"""Files: atomic writes and content hashes.
 
-An interrupted write leaves either the old file or the new one, never half a file. Temp files
-are hidden (``.<name>.<random>.tmp``) so folder listings that skip dot-files never see them.
+Writes go to a temp file in the target's folder, fsync, then ``os.replace``: an interrupted
+write leaves either the old file or the new one, never half a file. Temp files are hidden
+(``.<name>.<random>.tmp``) so folder listings that skip dot-files never see them.
+
+Hashes (hex SHA-256) identify what results depend on: a file's bytes, a JSON value in canonical
+form, a module's weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -60,3 +69,31 @@ def atomic_copy(src: Path, dst: Path, durable: bool = True) -> None:
     """Copy the bytes of ``src`` to ``dst`` atomically, streaming (no whole-file read)."""
     with open(src, "rb") as source, atomic_writer(dst, durable) as handle:
         shutil.copyfileobj(source, handle)
+
+
+# -- hashes ----------------------------------------------------------------------------------
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (key names and tensor bytes, in key order): the
+    identity of random weights that no file holds."""
+    import torch  # here: leaderboards and the CLI read this module without torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def json_sha256(value: Any) -> str:
+    """Hex SHA-256 of a JSON-serialisable value in canonical form (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -21,10 +21,9 @@ import pandas as pd
 from rich.console import Console
 from tabulate import tabulate
 
-from ovrsisbench.adapter import json_sha256
 from ovrsisbench.display import format_number, print_frame
 from ovrsisbench.errors import UserError
-from ovrsisbench.io import atomic_write_text
+from ovrsisbench.io import atomic_write_text, json_sha256
 from ovrsisbench.metrics import DEFAULT_POLICY, compute_scores
 from ovrsisbench.protocol import Protocol, list_protocols, load_protocol
 from ovrsisbench.results import (

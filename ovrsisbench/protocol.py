@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ovrsisbench.adapter import BackgroundRule, json_sha256
 from ovrsisbench.data.native import IGNORE_INDEX, KNOWN_CLASSES
 from ovrsisbench.errors import DataError, UserError, did_you_mean
+from ovrsisbench.io import json_sha256
 
 SPLITS = ("train", "val", "all")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -29,6 +29,17 @@ _CLASS_KEYS = ("name", "prompts", "native")
 _PROTOCOL_KEYS = ("name", "description", "evaluation")
 _PROTOCOL_OPTIONAL = ("train",)
 _ENTRY_KEYS = ("dataset", "split", "vocabulary")
+
+
+@dataclass(frozen=True)
+class BackgroundRule:
+    """A vocabulary's rejection rule (its ``background`` entry): pixels whose highest class
+    probability is below ``threshold`` are assigned to class ``index`` (SegEarth-OV's per-dataset
+    ``prob_thd`` / ``bg_idx``). Models that score with probabilities of their own apply it in
+    ``Adapter.set_background``; the others score every pixel as usual."""
+
+    index: int
+    threshold: float
 
 
 @dataclass(frozen=True)

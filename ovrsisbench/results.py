@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ovrsisbench.adapter import json_sha256
 from ovrsisbench.checkpoints import FINAL
 from ovrsisbench.errors import DataError
-from ovrsisbench.io import atomic_write_text
+from ovrsisbench.io import atomic_write_text, json_sha256
 
 SCHEMA = "ovrsisbench.result/1"
 RECORD_KEYS = (

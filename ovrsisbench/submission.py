@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ovrsisbench.adapter import find_adapter, json_sha256
 from ovrsisbench.environment import describe_environment
 from ovrsisbench.errors import UserError
+from ovrsisbench.io import json_sha256
 from ovrsisbench.metrics import POLICIES, compute_scores
 from ovrsisbench.protocol import EvalEntry, Protocol, list_protocols, load_protocol
 from ovrsisbench.results import (
@@ -141,6 +141,8 @@ def build_submission(
     chosen, _config, by_entry = candidates[0]
     records = [by_entry[_entry_key(entry)] for entry in chosen.evaluation]
     first = records[0]
+    from ovrsisbench.registry import find_adapter  # here: reading submissions needs no torch
+
     adapter = find_adapter(model).provenance()  # the submitter's own code, run locally
     adapter.update(
         name=first["model"],  # as run was given it (a module:Class string stays one)

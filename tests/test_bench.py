@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ovrsisbench.adapter import create_adapter
+from ovrsisbench.registry import create_adapter
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "model_speed.py"
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from tests_helpers import spec_keys
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.catseg.checkpoint import KEYS, CheckpointMismatchError
 from ovrsisbench.models.catseg.model import CONFIGS, CatSeg
+from ovrsisbench.registry import create_adapter
 
 # param_counts.md 2.3 (the original code, instantiated)
 FULL = {

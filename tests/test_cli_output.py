@@ -70,9 +70,9 @@ def test_adapters_list_says_what_each_model_is(cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     result = cli("adapters", "list")
     assert result.code == 0
-    from ovrsisbench.adapters import BUILTINS
+    from ovrsisbench.registry import builtin_adapters
 
-    for name, cls in BUILTINS.items():
+    for name, cls in builtin_adapters().items():
         assert cls.description and "docstring" not in cls.description, name
         assert len(cls.description) <= 80 and name in result.out
     assert "docstring" not in result.out
@@ -201,10 +201,12 @@ def test_show_says_what_exists_when_nothing_matches(cli, tmp_path, synthetic_roo
 
 
 def test_backbone_choices_are_the_built_in_models_backbones():
-    from ovrsisbench.adapters import BUILTINS
     from ovrsisbench.choices import BACKBONES
+    from ovrsisbench.registry import builtin_adapters
 
-    offered = {b for cls in BUILTINS.values() for b in cls.choices.get("backbone", ()) if b}
+    offered = {
+        b for cls in builtin_adapters().values() for b in cls.choices.get("backbone", ()) if b
+    }
     assert set(BACKBONES) == offered
 
 

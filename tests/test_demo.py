@@ -38,9 +38,9 @@ def test_demo_trains_evaluates_and_reruns_without_redoing(short_demo_training, t
     assert re.search(r"loss \d\.\d{3} -> \d\.\d{3}", text)
     first = records(tmp_path)
     # every built-in with demo options (untrained) and the trained rsktseg, on both datasets
-    from ovrsisbench.adapters import BUILTINS
+    from ovrsisbench.registry import builtin_adapters
 
-    in_demo = [name for name, cls in BUILTINS.items() if cls.demo_options is not None]
+    in_demo = [name for name, cls in builtin_adapters().items() if cls.demo_options is not None]
     by_model = sorted((r["model"], r["weights_sha256"] is not None) for r in first.values())
     assert len(first) == 2 * (len(in_demo) + 1) and by_model.count(("rsktseg", True)) == 4
     weights = tmp_path / "train" / "rsktseg" / "final.safetensors"

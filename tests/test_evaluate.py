@@ -10,12 +10,12 @@ import pytest
 import torch
 from tests_helpers import run_toy  # noqa: I001
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.data.layout import open_dataset
 from ovrsisbench.evaluate import EvalSettings, Evaluator
 from ovrsisbench.leaderboard import build
 from ovrsisbench.metrics import compute_scores
 from ovrsisbench.protocol import load_protocol
+from ovrsisbench.registry import create_adapter
 from ovrsisbench.results import RECORD_KEYS, ResultStore
 
 

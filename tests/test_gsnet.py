@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.gsnet.checkpoint import (
     CheckpointMismatchError,
@@ -19,6 +18,7 @@ from ovrsisbench.models.gsnet.checkpoint import (
     to_original,
 )
 from ovrsisbench.models.gsnet.model import CONFIGS, TOP_LEVEL_CONV_NAMES, GSNet
+from ovrsisbench.registry import create_adapter
 
 DATA = Path(__file__).parent / "data"
 ADAPTER = "gsnet"

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
-from ovrsisbench.adapter import create_adapter, file_sha256, find_adapter
 from ovrsisbench.errors import UserError
+from ovrsisbench.io import file_sha256
 from ovrsisbench.models.common.dense_clip import TINY_VIT_CONFIG, DenseCLIP, build_clip
 from ovrsisbench.models.common.text import (
     IMAGENET_TEMPLATES,
@@ -21,6 +21,7 @@ from ovrsisbench.models.common.text import (
     max_over_synonyms,
 )
 from ovrsisbench.models.maskclip import MaskCLIP
+from ovrsisbench.registry import create_adapter, find_adapter
 
 VOCABULARY = [["road", "street"], ["building"], ["tree", "forest", "woods"]]
 TEMPLATES = ("a photo of a {}.", "there is a {} in the scene.")

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from test_catseg import CLASSES, CLIP_QV, FULL, count, unit_text
 from tests_helpers import batched_and_sequential
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.models.catseg.checkpoint import KEYS
 from ovrsisbench.models.catseg.model import CONFIGS, CatSeg
 from ovrsisbench.models.common.catseg_head import rotated_cosine_cost
 from ovrsisbench.models.ovrs.model import OVRS, GuidedUp
+from ovrsisbench.registry import create_adapter
 
 AGGREGATOR_VITB = 2_331_669  # Cat-Seg's 2,308,961 + 18,816 (conv1 4 -> 128) + 3,892 (cconv/sconv)
 

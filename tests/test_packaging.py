@@ -78,7 +78,7 @@ def test_installed_wheel_finds_builtins_and_data(wheel, tmp_path):
     )
     probe = (
         "import ovrsisbench, ovrsisbench.adapters, ovrsisbench.models.maskclip;"
-        "from ovrsisbench.adapter import find_adapter;"
+        "from ovrsisbench.registry import find_adapter;"
         "from ovrsisbench.protocol import load_protocol;"
         "from ovrsisbench.leaderboard import reference_rows;"
         "p = load_protocol('dlrsd');"

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from tests_helpers import batched_and_sequential, spec_keys
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.common.catseg_head import rotated_cosine_cost
 from ovrsisbench.models.rsktseg.checkpoint import (
@@ -21,6 +20,7 @@ from ovrsisbench.models.rsktseg.checkpoint import (
 )
 from ovrsisbench.models.rsktseg.head import TOP_LEVEL_CONV_NAMES, RSKTDecoder
 from ovrsisbench.models.rsktseg.model import CONFIGS, RSKTSeg
+from ovrsisbench.registry import create_adapter
 
 # param_counts.md 1.2 / 1.4 / 1.5 (the original code, instantiated)
 FULL = {  # (backbone, N)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tests_helpers import source_miou
 
-from ovrsisbench.adapter import TrainingRecipe, create_adapter
+from ovrsisbench.adapter import TrainingRecipe
 from ovrsisbench.adapters.rsktseg import DEMO_TRAINING
 from ovrsisbench.demo import train_demo_model
 from ovrsisbench.errors import UserError
@@ -26,6 +26,7 @@ from ovrsisbench.models.common.losses import (
     segmentation_loss,
 )
 from ovrsisbench.protocol import load_protocol
+from ovrsisbench.registry import create_adapter
 from ovrsisbench.transforms import (
     ColorAugSSD,
     Compose,

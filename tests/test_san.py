@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from tests_helpers import spec_keys
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.san.checkpoint import (
     UNUSED_KEYS,
@@ -27,6 +26,7 @@ from ovrsisbench.models.san.criterion import (
     semantic_targets,
 )
 from ovrsisbench.models.san.model import CONFIGS, SAN, recognition_mask, semantic_scores
+from ovrsisbench.registry import create_adapter
 from ovrsisbench.train import build_optimizer
 
 CLASSES = [["road"], ["tree", "forest"], ["water"]]

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from tests_helpers import spec_keys
 from torch import nn
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.common.losses import bce_one_hot_loss
 from ovrsisbench.models.common.text import IMAGENET_TEMPLATES, get_tokenizer
@@ -22,6 +21,7 @@ from ovrsisbench.models.sed.checkpoint import KEYS, CheckpointMismatchError
 from ovrsisbench.models.sed.clip import dense_features
 from ovrsisbench.models.sed.head import any_pixel_topk
 from ovrsisbench.models.sed.model import CONFIGS, SED
+from ovrsisbench.registry import create_adapter
 
 CLASSES = [["road"], ["tree", "forest"], ["water"]]
 # Decoder counts (derived): analytic over sed/modeling/transformer/model.py with the released

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import yaml
 from tests_helpers import spec_keys
 
-from ovrsisbench.adapter import BackgroundRule, create_adapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.models.common.dense_clip import (
     TINY_VIT_CONFIG,
@@ -32,7 +31,8 @@ from ovrsisbench.models.segearth_ov import (
 )
 from ovrsisbench.models.segearth_ov.model import segearth_pos_embed
 from ovrsisbench.models.segearth_ov.upsampler import JointBilateralLayer
-from ovrsisbench.protocol import load_protocol
+from ovrsisbench.protocol import BackgroundRule, load_protocol
+from ovrsisbench.registry import create_adapter
 
 ADAPTER = "segearth_ov"
 KEYS = "segearth_ov_upsampler_keys.txt"

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from launch import environment
 
-from ovrsisbench.adapter import create_adapter, json_sha256
 from ovrsisbench.evaluate import EvalSettings, Evaluator
+from ovrsisbench.io import json_sha256
 from ovrsisbench.metrics import compute_scores
 from ovrsisbench.protocol import load_protocol
+from ovrsisbench.registry import create_adapter
 from ovrsisbench.results import ResultStore
 from ovrsisbench.submission import SUBMISSION_SCHEMA, verify_submission
 
@@ -475,8 +476,8 @@ def yaml_protocol(folder: Path, reverse: bool) -> Path:
 
 
 def test_provenance_is_the_class_s_own_not_inherited():
-    from ovrsisbench.adapter import AdapterEntry
     from ovrsisbench.adapters.maskclip import MaskCLIPAdapter
+    from ovrsisbench.registry import AdapterEntry
 
     class MyCLIP(MaskCLIPAdapter):
         name = "my-clip"

@@ -25,7 +25,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third_party_adapte
 NAME, DIST = "colour-prototype", "ovrsisbench-colour-prototype"
 TIMEOUT = 180  # seconds per subprocess
 PROVENANCE = (
-    "import inspect, json; from ovrsisbench.adapter import find_adapter; "
+    "import inspect, json; from ovrsisbench.registry import find_adapter; "
     f"entry = find_adapter({NAME!r}); "
     "print(json.dumps({**entry.provenance(), 'file': inspect.getfile(entry.cls)}))"
 )

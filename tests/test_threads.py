@@ -8,9 +8,9 @@ import torch
 from tests_helpers import run_toy
 
 from ovrsisbench import threads
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.protocol import load_protocol
+from ovrsisbench.registry import create_adapter
 from ovrsisbench.train import TrainSettings, seed_everything, train
 
 

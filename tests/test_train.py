@@ -20,10 +20,10 @@ from launch import finish, start_by_hand, torchrun
 from safetensors.torch import load_file
 from tests_helpers import source_miou
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.checkpoints import latest_checkpoint
 from ovrsisbench.errors import UserError
 from ovrsisbench.protocol import load_protocol
+from ovrsisbench.registry import create_adapter
 from ovrsisbench.train import TrainSettings, lr_factor, seed_everything, train
 from ovrsisbench.train_data import BatchPlan
 

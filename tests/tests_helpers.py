@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ovrsisbench.adapter import create_adapter
 from ovrsisbench.evaluate import EvalSettings, Evaluator, Outcome
 from ovrsisbench.protocol import load_protocol
+from ovrsisbench.registry import create_adapter
 from ovrsisbench.results import ResultStore
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovrsisbench.adapter import Adapter, TrainingRecipe, file_sha256, state_dict_sha256
+from ovrsisbench.adapter import Adapter, TrainingRecipe
+from ovrsisbench.io import file_sha256, state_dict_sha256
 
 
 def _name_weight(name: str) -> float:
