@@ -23,7 +23,7 @@ import torch
 from tabulate import tabulate
 
 from ovrsisbench.data.layout import DatasetWriter, open_dataset
-from ovrsisbench.evaluate import EvalSettings, Evaluator
+from ovrsisbench.evaluation import EvalSettings, Evaluator
 from ovrsisbench.protocol import load_protocol
 from ovrsisbench.results import ResultStore
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ovrsisbench.errors import UserError
+from ovrsisbench.io import file_sha256
 
 if TYPE_CHECKING:
     from ovrsisbench.protocol import BackgroundRule
@@ -137,9 +138,15 @@ class Adapter:
         names per scored class, in label-id order). Only for ``trainable`` adapters."""
         raise NotImplementedError(f"adapter '{self.name}' is not trainable")
 
+    #: The weights file given to ``load`` by the harness (``registry.load_adapter``), if any.
+    weights_file: Path | None = None
+
     def weights_sha256(self) -> str | None:
-        """SHA-256 identifying the loaded weights (None when the adapter has no weights)."""
-        return None
+        """SHA-256 identifying the loaded weights, the one hash results are keyed by (None
+        without weights). It must cover every file the weights come from: adapters whose
+        weights are more than the file given to ``load`` (a separate encoder file, one named by
+        an option) override this; the default is the SHA-256 of ``weights_file``."""
+        return None if self.weights_file is None else file_sha256(self.weights_file)
 
     def describe(self) -> dict[str, Any]:
         """Inference protocol facts recorded with every result (resize, windows, templates...)."""

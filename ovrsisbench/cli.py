@@ -19,12 +19,11 @@ from rich.console import Console
 
 from ovrsisbench import choices
 from ovrsisbench.data.native import DATASETS
+from ovrsisbench.defaults import default_data_root, default_results, existing_data_root
 from ovrsisbench.errors import UserError
 
 if TYPE_CHECKING:
-    import torch
-
-    from ovrsisbench.adapter import Adapter
+    pass
 
 
 class _Choice(str, Enum):
@@ -87,23 +86,6 @@ def _root(
     ] = False,
 ) -> None:
     """Benchmark harness for open-vocabulary remote-sensing image segmentation (OVRSISBench)."""
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("OVRSISBENCH_DATA", "data"))
-
-
-def default_results() -> Path:
-    return Path(os.environ.get("OVRSISBENCH_RESULTS", "results"))
-
-
-def existing_data_root(data_root: Path | None) -> Path:
-    """The data root to read (``--data-root``, else the default); a missing one is a user
-    error that says how to give another."""
-    root = data_root or default_data_root()
-    if not root.is_dir():
-        raise UserError(f"data root {root} does not exist (give --data-root or $OVRSISBENCH_DATA)")
-    return root
 
 
 DataRoot = Annotated[
@@ -169,34 +151,6 @@ def parse_options(pairs: list[str] | None, backbone: Enum | str | None = None) -
     if backbone is not None:
         options["backbone"] = _value(backbone)
     return options
-
-
-def resolve_device(device: Enum | str | None) -> torch.device:
-    """The torch device for ``--device`` (cpu or cuda; default: cuda when available, else cpu)."""
-    import torch
-
-    name = _value(device)
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def load_weights(adapter: Adapter, weights: Path | None, device: torch.device) -> Adapter:
-    """Load ``adapter`` onto ``device``; a missing weights file is a user error."""
-    if weights is not None and not weights.is_file():
-        raise UserError(f"weights file {weights} does not exist")
-    try:
-        adapter.load(weights, device)
-    except UserError:
-        raise
-    except Exception as error:  # corrupt weights, a plug-in's bug: the cause, in one line
-        source = f" from {weights}" if weights else ""
-        raise UserError(
-            f"adapter '{adapter.name}' failed to load{source}: {type(error).__name__}: {error}"
-        ) from error
-    return adapter
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -350,88 +304,71 @@ def run(
     evaluates its share of each dataset's images; rank 0 alone prints and writes records and
     leaderboards.
     """
-    from ovrsisbench.display import TaskProgress, make_progress
-    from ovrsisbench.distributed import cleanup, context
-    from ovrsisbench.evaluate import EvalSettings, Evaluator
-    from ovrsisbench.protocol import load_protocol
-    from ovrsisbench.registry import create_adapter
-    from ovrsisbench.results import ResultStore
-
-    proto = load_protocol(protocol) if protocol else None
-    options = parse_options(option, backbone)
-    adapter = create_adapter(model, **options)  # name and options checked before loading
-    proto = proto or load_protocol(adapter.default_protocol)
-    entries = proto.select(datasets.split(",") if datasets else None)
-    resolve_device(device)  # the same checks and messages as without torchrun
-    root = existing_data_root(data_root)
-    ctx = context(_value(device))  # one process unless launched by torchrun
-    try:
-        torch_device = ctx.device
-        load_weights(adapter, weights, torch_device)
-        results_dir = results or default_results()
-        evaluator = Evaluator(
-            adapter,
-            model,
-            proto,
-            root,
-            ResultStore(results_dir),
-            EvalSettings(
-                device=torch_device,
-                batch_size=batch_size,
-                reader_threads=workers,
-                checkpoint_seconds=checkpoint_seconds,
-            ),
-            weights=weights,
-            context=ctx,
-        )
-        if ctx.is_main:
-            if ctx.world_size > 1:
-                err_console.print(
-                    f"distributed evaluation over {ctx.world_size} processes; progress shows "
-                    "rank 0's share; no partial checkpoints: an interrupted run restarts the "
-                    "dataset in progress",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-            with make_progress(err_console) as progress:
-                outcomes = evaluator.run(entries, TaskProgress(progress, f"{model} · "))
-            print_outcomes(outcomes, proto.name, model)
-            update_leaderboards(results_dir, proto)
-        else:  # the same collective steps, silently; statuses agree with rank 0's
-            outcomes = evaluator.run(entries)
-    finally:
-        cleanup()
-    if any(outcome.status == "failed" for outcome in outcomes):
+    evaluation = evaluate_and_report(
+        model,
+        protocol,
+        datasets=datasets,
+        data_root=data_root,
+        results=results or default_results(),
+        device=_value(device),
+        weights=weights,
+        options=parse_options(option, backbone),
+        batch_size=batch_size,
+        workers=workers,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    if evaluation.failed:
         raise typer.Exit(1)
 
 
-def print_outcomes(outcomes: list[Any], protocol: str, model: str) -> None:
+def evaluate_and_report(model: str, protocol: str | None, **arguments: Any) -> Any:
+    """``ovrsisbench.evaluate`` with the command line's output on rank 0: a progress bar, the
+    run's table, its errors, and the leaderboards rewritten."""
+    from ovrsisbench.api import evaluate
+    from ovrsisbench.display import TaskProgress, make_progress
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if int(os.environ.get("RANK", "0")) != 0:  # the same collective steps, silently
+        return evaluate(model, protocol, **arguments)
+    if world > 1:
+        err_console.print(
+            f"distributed evaluation over {world} processes; progress shows rank 0's share; "
+            "no partial checkpoints: an interrupted run restarts the dataset in progress",
+            highlight=False,
+            soft_wrap=True,
+        )
+    with make_progress(err_console) as progress:
+        sink = TaskProgress(progress, f"{model} · ")
+        evaluation = evaluate(model, protocol, progress=sink, **arguments)
+    print_outcomes(evaluation)
+    update_leaderboards(arguments["results"], evaluation.protocol)
+    return evaluation
+
+
+def print_outcomes(evaluation: Any) -> None:
     """The table of a run (numbers right-aligned), the folder of its records, its errors."""
     from ovrsisbench.display import format_number, new_table
 
-    columns = ("dataset", "status", "mIoU", "fwIoU", "mACC", "pACC", "images")
+    frame = evaluation.table()
+    columns = list(frame.columns)
     numeric = [c not in ("dataset", "status") for c in columns]
-    table = new_table(columns, numeric, f"{model} on protocol {protocol}")
-    for outcome in outcomes:
-        if outcome.record is None:
-            table.add_row(outcome.dataset, "[red]failed[/red]", *[""] * 5)
+    title = f"{evaluation.model} on protocol {evaluation.protocol.name}"
+    table = new_table(columns, numeric, title)
+    for row in frame.itertuples(index=False):
+        if row.status == "failed":
+            table.add_row(row.dataset, "[red]failed[/red]", *[""] * (len(columns) - 2))
             continue
-        metrics = outcome.record["metrics"]
-        table.add_row(
-            outcome.dataset,
-            outcome.status,
-            *(format_number(metrics[m]) for m in ("mIoU", "fwIoU", "mACC", "pACC")),
-            f"{outcome.record['num_images']:,}",
-        )
+        scores = [format_number(value) for value in row[2:-1]]
+        table.add_row(row.dataset, row.status, *scores, f"{row.images:,}")
     console.print(table)
-    folders = sorted({str(outcome.path.parent) for outcome in outcomes if outcome.path})
+    paths = [outcome.path for outcome in evaluation.outcomes if outcome.path]
+    folders = sorted({str(path.parent) for path in paths})
     if folders:
         console.print(f"records: {', '.join(folders)}", highlight=False, soft_wrap=True)
-    for outcome in outcomes:
-        if outcome.status == "failed":
-            err_console.print(
-                f"error: {outcome.dataset}: {outcome.error}", markup=False, soft_wrap=True
-            )
+    for outcome in evaluation.failed:
+        err_console.print(
+            f"error: {outcome.dataset}: {outcome.error}", markup=False, soft_wrap=True
+        )
 
 
 def update_leaderboards(results_dir: Path, protocol: Any) -> None:
@@ -535,9 +472,9 @@ def train(
     import torch
 
     from ovrsisbench.display import make_progress
-    from ovrsisbench.distributed import cleanup, context
+    from ovrsisbench.distributed import cleanup, context, requested_device
     from ovrsisbench.protocol import load_protocol
-    from ovrsisbench.registry import create_adapter, find_adapter
+    from ovrsisbench.registry import create_adapter, find_adapter, load_adapter
     from ovrsisbench.train import TrainSettings, seed_everything
     from ovrsisbench.train import train as train_adapter
 
@@ -565,11 +502,11 @@ def train(
         log_every=log_every,
         workers=workers,
     )
-    resolve_device(device)  # the same checks and messages as without torchrun
+    requested_device(_value(device))  # the same checks and messages as under torchrun
     ctx = context(_value(device))
     try:
         seed_everything(seed or 0)  # a randomly initialised network is part of the run
-        load_weights(adapter, weights, ctx.device)
+        load_adapter(adapter, weights, ctx.device)
         if ctx.is_main:
             with make_progress(err_console) as progress:
                 result = train_adapter(
@@ -590,17 +527,17 @@ def train(
             del adapter  # the evaluation loads its own copy from the final weights
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            run(
-                model=model,
-                protocol=protocol,
-                datasets=None,
-                weights=result.checkpoint,
-                backbone=backbone,
-                device=device,
+            evaluation = evaluate_and_report(
+                model,
+                protocol,
                 data_root=root,
                 results=results_dir,
-                option=option,
+                device=_value(device),
+                weights=result.checkpoint,
+                options=options,
             )
+            if evaluation.failed:
+                raise typer.Exit(1)
     finally:
         cleanup()
 
@@ -801,13 +738,14 @@ def adapters_validate(
     option: OptionList = None,
 ) -> None:
     """Check an adapter against the contract on generated inputs; lists every breach."""
-    from ovrsisbench.registry import create_adapter
+    from ovrsisbench.distributed import requested_device
+    from ovrsisbench.registry import create_adapter, load_adapter
     from ovrsisbench.validate import validate_adapter
 
-    torch_device = resolve_device(device)
+    torch_device = requested_device(_value(device))
     try:
         adapter = create_adapter(name, **parse_options(option, backbone))
-        load_weights(adapter, weights, torch_device)
+        load_adapter(adapter, weights, torch_device)
     except UserError as error:
         console.print(f"[red]FAIL[/red] create and load: {error}", soft_wrap=True)
         err_console.print(f"error: adapter '{name}' cannot be created and loaded")

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ovrsisbench.adapter import Adapter
+from ovrsisbench.api import evaluate
 from ovrsisbench.checkpoints import latest_checkpoint
 from ovrsisbench.data.converters.synthetic import generate_synthetic_benchmark
 from ovrsisbench.display import TaskProgress, make_progress
-from ovrsisbench.evaluate import EvalSettings, Evaluator, Outcome
+from ovrsisbench.evaluation import Outcome
 from ovrsisbench.leaderboard import build, print_leaderboard, write_leaderboards
 from ovrsisbench.protocol import Protocol, load_protocol
 from ovrsisbench.registry import create_adapter, find_adapter, list_adapters
@@ -34,9 +34,10 @@ DEMO_SEED = 0
 
 @dataclass
 class DemoTrainResult:
-    """A demo training run: the trained weights and the loss of its first and last log line."""
+    """A demo training run: the adapter options and weights it made, and the loss of its first
+    and last log line."""
 
-    adapter: Adapter  # the trained adapter, ready to evaluate
+    options: dict[str, Any]
     weights: Path
     iterations: int
     first_loss: float
@@ -59,7 +60,8 @@ def train_demo_model(
     if training is None or cls.demo_options is None:
         raise ValueError(f"adapter '{name}' has no demo training")
     seed_everything(DEMO_SEED)
-    adapter = create_adapter(name, **cls.demo_options, **training.options)
+    options = {**cls.demo_options, **training.options}
+    adapter = create_adapter(name, **options)
     adapter.load(None, torch.device("cpu"))
     settings = TrainSettings(
         **training.settings, seed=DEMO_SEED, workers=0, checkpoint_every=10**9, log_every=10
@@ -67,37 +69,39 @@ def train_demo_model(
     resume = latest_checkpoint(out) is not None  # a rerun, or one after Ctrl-C, in --out
     result = train(adapter, protocol, data_root, out, settings, resume, progress, stop_on_signals)
     losses = [json.loads(line)["loss"] for line in (out / LOG_FILE).read_text().splitlines()]
-    trained = create_adapter(name, **cls.demo_options, **training.options)
-    trained.load(result.checkpoint, torch.device("cpu"))
-    return DemoTrainResult(trained, result.checkpoint, result.iterations, losses[0], losses[-1])
+    return DemoTrainResult(options, result.checkpoint, result.iterations, losses[0], losses[-1])
 
 
 def _evaluate(
-    adapter: Adapter,
+    name: str,
     label: str,
+    options: dict[str, Any],
     protocol: Protocol,
-    data_root: Path,
-    store: ResultStore,
+    root: Path,
     progress: Any,
     console: Console,
     weights: Path | None = None,
 ) -> list[Outcome]:
-    """Evaluate ``adapter`` (loaded from ``weights``, if given) on the whole protocol, printing
-    each failed dataset."""
-    settings = EvalSettings(device=torch.device("cpu"))
-    evaluator = Evaluator(
-        adapter, adapter.name, protocol, data_root, store, settings, weights=weights
-    )
+    """Evaluate the built-in ``name`` with ``options`` (from ``weights``, if given) on the whole
+    protocol on the CPU, into ``root``'s results, printing each failed dataset."""
     sink = TaskProgress(progress, f"synthetic · {label} · ")
-    outcomes = evaluator.run(list(protocol.evaluation), sink)
-    for outcome in outcomes:
-        if outcome.status == "failed":
-            console.print(
-                f"[red]failed[/red] {label} on {outcome.dataset}: {outcome.error}",
-                markup=True,
-                highlight=False,
-            )
-    return outcomes
+    evaluation = evaluate(
+        name,
+        protocol,
+        data_root=root / "data",
+        results=root / "results",
+        device="cpu",
+        weights=weights,
+        options=options,
+        progress=sink,
+    )
+    for outcome in evaluation.failed:
+        console.print(
+            f"[red]failed[/red] {label} on {outcome.dataset}: {outcome.error}",
+            markup=True,
+            highlight=False,
+        )
+    return evaluation.outcomes
 
 
 def _miou(outcomes: list[Outcome]) -> str:
@@ -144,10 +148,8 @@ def _run_demo(root: Path, console: Console, stop_on_signals: bool, keep: bool) -
             cls = entry.cls
             if entry.origin != "built-in" or cls.demo_options is None:
                 continue
-            adapter = create_adapter(entry.name, **cls.demo_options)
-            adapter.load(None, torch.device("cpu"))
-            context = (protocol, data_root, store, progress, console)
-            untrained = _evaluate(adapter, entry.name, *context)
+            context = (protocol, root, progress, console)
+            untrained = _evaluate(entry.name, entry.name, cls.demo_options, *context)
             outcomes += untrained
             if cls.demo_training is None:
                 continue
@@ -160,7 +162,8 @@ def _run_demo(root: Path, console: Console, stop_on_signals: bool, keep: bool) -
                 progress,
                 stop_on_signals,
             )
-            after = _evaluate(trained.adapter, f"{entry.name} (trained)", *context, trained.weights)
+            label = f"{entry.name} (trained)"
+            after = _evaluate(entry.name, label, trained.options, *context, trained.weights)
             outcomes += after
             console.print(
                 f"{entry.name} trained on {protocol.train.dataset} for {trained.iterations} "

@@ -9,6 +9,8 @@ single-process ``Context`` whose collectives do nothing, so callers need no spec
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +112,12 @@ def _device(requested: str | None, local_rank: int, distributed: bool) -> torch.
     return torch.device("cuda", local_rank)
 
 
+def requested_device(device: str | None) -> torch.device:
+    """The device ``device`` names for a single process (None: CUDA when available, else the
+    CPU), checked: an unknown name or CUDA on a machine without it is a UserError."""
+    return _device(device, 0, distributed=False)
+
+
 def context(device: str | None = None) -> Context:
     """This process's ``Context``; under torchrun, initialises ``torch.distributed`` once.
 
@@ -148,3 +156,15 @@ def cleanup() -> None:
     """Destroy the process group if one was initialised (safe to call in any case)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str | None = None) -> Iterator[Context]:
+    """``context(device)`` for the block; a process group it initialised is destroyed at the
+    end, one that existed before (a caller's, say training's) is left to its owner."""
+    existed = dist.is_available() and dist.is_initialized()
+    try:
+        yield context(device)
+    finally:
+        if not existed:
+            cleanup()

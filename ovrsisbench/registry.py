@@ -11,10 +11,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ovrsisbench.adapter import Adapter
 from ovrsisbench.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    import torch
 
 ENTRY_POINT_GROUP = "ovrsisbench.adapters"
 
@@ -167,4 +171,23 @@ def create_adapter(name: str, **options: Any) -> Adapter:
         ) from error
     if not adapter.name:
         adapter.name = entry.name
+    return adapter
+
+
+def load_adapter(adapter: Adapter, weights: Path | None, device: torch.device | str) -> Adapter:
+    """Load ``adapter`` from ``weights`` (None: its default weights) onto ``device``, keeping
+    the file as ``adapter.weights_file``; a missing file or a failing load is a UserError that
+    names the adapter and the file."""
+    if weights is not None and not Path(weights).is_file():
+        raise UserError(f"weights file {weights} does not exist")
+    try:
+        adapter.load(weights, device)
+    except UserError:
+        raise
+    except Exception as error:  # corrupt weights, a plug-in's bug: the cause, in one line
+        source = f" from {weights}" if weights else ""
+        raise UserError(
+            f"adapter '{adapter.name}' failed to load{source}: {type(error).__name__}: {error}"
+        ) from error
+    adapter.weights_file = None if weights is None else Path(weights)
     return adapter

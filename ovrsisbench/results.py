@@ -13,24 +13,32 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ovrsisbench.checkpoints import FINAL
+from ovrsisbench.environment import describe_environment
 from ovrsisbench.errors import DataError
 from ovrsisbench.io import atomic_write_text, json_sha256
+from ovrsisbench.metrics import compute_scores
 
 SCHEMA = "ovrsisbench.result/1"
+#: Every key of a record, in the order records are written (``make_record``).
 RECORD_KEYS = (
     "schema",
     "model",
     "options",
     "weights_sha256",
+    "weights_origin",
     "protocol",
     "dataset",
     "split",
     "vocabulary",
     "classes",
+    "background_rule",
     "confusion",
     "metrics",
     "per_class",
@@ -41,10 +49,20 @@ RECORD_KEYS = (
     "environment",
     "created",
 )
-# model .. vocabulary of a record, plus the code and data versions (kept in its environment):
-# equal keys mean a reusable record
+#: Keys that records written before they existed lack (``weights_origin``: also on later
+#: records written through ``ResultStore.save`` by other tools); readers take them as None.
+LATER_KEYS = ("weights_origin", "background_rule")
+REQUIRED_KEYS = tuple(key for key in RECORD_KEYS if key not in LATER_KEYS)
+#: The fields of a ``RecordKey``: equal keys mean a reusable record. The code and data versions
+#: are kept in a record's environment.
 IDENTITY_FIELDS = (
-    *RECORD_KEYS[RECORD_KEYS.index("model") : RECORD_KEYS.index("classes")],
+    "model",
+    "options",
+    "weights_sha256",
+    "protocol",
+    "dataset",
+    "split",
+    "vocabulary",
     "code_version",
     "data_version",
 )
@@ -81,6 +99,67 @@ def key_of_record(record: dict[str, Any]) -> RecordKey:
         code_version=environment["ovrsisbench"],
         data_version=environment.get("data", {}).get("version", {}),
     )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one evaluation measured: the pooled int64 confusion matrix, the number of images
+    and the seconds their predictions took, on ``device`` (a device name)."""
+
+    confusion: np.ndarray
+    num_images: int
+    seconds: float
+    device: str
+
+
+def make_record(
+    key: RecordKey,
+    measurement: Measurement,
+    *,
+    classes: list[str],
+    policy: str,
+    adapter_facts: dict[str, Any],
+    data: dict[str, Any],
+) -> dict[str, Any]:
+    """The result record of ``key``: every key of ``RECORD_KEYS``, in that order, the scores
+    computed from the matrix under ``policy``. ``adapter_facts`` holds the adapter's
+    ``weights_origin``, ``background_rule``, ``inference`` (its ``describe()``) and ``params``;
+    ``data`` the prepared dataset's provenance (version, meta.json hash, converter, source)."""
+    matrix = measurement.confusion
+    scores = compute_scores(matrix, policy)
+    record = {
+        "schema": SCHEMA,
+        "model": key.model,
+        "options": key.options,
+        "weights_sha256": key.weights_sha256,
+        "weights_origin": adapter_facts["weights_origin"],
+        "protocol": key.protocol,
+        "dataset": key.dataset,
+        "split": key.split,
+        "vocabulary": key.vocabulary,
+        "classes": classes,
+        "background_rule": adapter_facts["background_rule"],
+        "confusion": matrix.tolist(),
+        "metrics": scores.summary(),
+        "per_class": {
+            "iou": scores.iou,
+            "acc": scores.acc,
+            "gt_pixels": matrix.sum(axis=1).tolist(),
+            "pred_pixels": matrix.sum(axis=0).tolist(),
+        },
+        "absent_class_policy": scores.policy,
+        "num_images": measurement.num_images,
+        "timing": {
+            "ms_per_image": 1000.0 * measurement.seconds / measurement.num_images,
+            "device": measurement.device,
+            "inference": adapter_facts["inference"],
+        },
+        "params": adapter_facts["params"],
+        "environment": {**describe_environment(), "data": data},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    assert tuple(record) == RECORD_KEYS  # the schema and its writer change together
+    return record
 
 
 def _slug(text: str) -> str:
@@ -153,7 +232,7 @@ def read_record(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: unreadable result record ({error})") from error
     if not isinstance(record, dict):
         raise DataError(f"{path}: a result record must be a JSON object")
-    missing = [key for key in RECORD_KEYS if key not in record]
+    missing = [key for key in REQUIRED_KEYS if key not in record]
     if missing:
         raise DataError(f"{path}: result record lacks {', '.join(missing)}")
     if record["schema"] != SCHEMA:

@@ -26,7 +26,7 @@ from ovrsisbench.io import json_sha256
 from ovrsisbench.metrics import POLICIES, compute_scores
 from ovrsisbench.protocol import EvalEntry, Protocol, list_protocols, load_protocol
 from ovrsisbench.results import (
-    RECORD_KEYS,
+    REQUIRED_KEYS,
     SCHEMA,
     ResultStore,
     config_label,
@@ -320,7 +320,7 @@ class _Checker:
             if not self.fields(where, item, ("sha256", "record")):
                 continue
             record = item["record"]
-            if not self.fields(f"{where}.record", record, RECORD_KEYS):
+            if not self.fields(f"{where}.record", record, REQUIRED_KEYS):
                 continue
             where = f"records[{index}] ({record['dataset']!r})"
             if json_sha256(record) != item["sha256"]:

@@ -224,7 +224,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, synthetic_root
 
 
 def test_ctrl_c_is_one_line_and_exit_code_130(cli, monkeypatch, synthetic_root, tmp_path):
-    from ovrsisbench.evaluate import Evaluator
+    from ovrsisbench.evaluation import Evaluator
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -165,18 +164,12 @@ def test_a_failure_on_one_process_fails_the_dataset_on_all(odd_root, tmp_path):
     assert {name: r["created"] for name, r in records(tmp_path).items()} == created
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
-def test_batch_plan_is_the_batching_of_a_single_process(batch_size):
-    from ovrsisbench.evaluate import _batches, batch_plan
+def test_batch_plan_groups_consecutive_images_of_one_size():
+    from ovrsisbench.evaluation import batch_plan
 
-    rng = np.random.default_rng(batch_size)
-    sizes = [tuple(rng.choice([(4, 4), (4, 6)])) for _ in range(23)]
-    samples = [
-        {"image": torch.full((3, *size), index), "label": torch.zeros(size)}
-        for index, size in enumerate(sizes)
-    ]
-    formed = [
-        [int(image[0, 0, 0]) for image in images] for images, _ in _batches(samples, batch_size)
-    ]
-    assert [list(batch) for batch in batch_plan(sizes, batch_size)] == formed
-    assert batch_plan([], batch_size) == []
+    sizes = [(4, 4)] * 5 + [(4, 6)] + [(4, 4)] * 2
+    assert [list(batch) for batch in batch_plan(sizes, 2)] == [[0, 1], [2, 3], [4], [5], [6, 7]]
+    resumed = batch_plan(sizes[3:], 2, first=3)  # the images left after 3 were counted
+    assert [list(batch) for batch in resumed] == [[3, 4], [5], [6, 7]]
+    assert [list(batch) for batch in batch_plan(sizes, 1)] == [[i] for i in range(8)]
+    assert batch_plan([], 3) == []

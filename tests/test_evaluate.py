@@ -11,7 +11,7 @@ import torch
 from tests_helpers import run_toy  # noqa: I001
 
 from ovrsisbench.data.layout import open_dataset
-from ovrsisbench.evaluate import EvalSettings, Evaluator
+from ovrsisbench.evaluation import EvalSettings, Evaluator
 from ovrsisbench.leaderboard import build
 from ovrsisbench.metrics import compute_scores
 from ovrsisbench.protocol import load_protocol

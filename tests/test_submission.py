@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from launch import environment
 
-from ovrsisbench.evaluate import EvalSettings, Evaluator
+from ovrsisbench.evaluation import EvalSettings, Evaluator
 from ovrsisbench.io import json_sha256
 from ovrsisbench.metrics import compute_scores
 from ovrsisbench.protocol import load_protocol

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ovrsisbench.evaluate import EvalSettings, Evaluator, Outcome
+from ovrsisbench import evaluate
+from ovrsisbench.evaluation import EvalSettings, Evaluator, Outcome
 from ovrsisbench.protocol import load_protocol
-from ovrsisbench.registry import create_adapter
 from ovrsisbench.results import ResultStore
 
 
 def run_toy(module: str, data_root: Path, results: Path, datasets=None, **options) -> list[Outcome]:
-    """Evaluate the toy ColourAdapter on the demo protocol."""
+    """Evaluate the toy ColourAdapter on the demo protocol (``ovrsisbench.evaluate``)."""
     model = f"{module}:ColourAdapter"
-    adapter = create_adapter(model, **options)
-    adapter.load(None, "cpu")
-    protocol = load_protocol("demo")
-    evaluator = Evaluator(adapter, model, protocol, data_root, ResultStore(results), EvalSettings())
-    return evaluator.run(protocol.select(datasets))
+    return evaluate(
+        model, "demo", datasets=datasets, data_root=data_root, results=results, options=options
+    ).outcomes
 
 
 def source_miou(adapter, data_root: Path, results: Path) -> float:
