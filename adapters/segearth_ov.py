@@ -42,7 +42,8 @@ from ovrsisbench.adapter import PromptAdapter, check_number_option, weights_cach
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import long_side_size, normalize, resize_to, slide_inference
 from ovrsisbench.io import file_sha256, json_sha256, state_dict_sha256
-from ovrsisbench.models.common.dense_clip import CheckpointMismatchError, resolve_pretrained
+from ovrsisbench.models.common.checkpoint import CheckpointMismatchError
+from ovrsisbench.models.common.dense_clip import resolve_pretrained
 from ovrsisbench.models.common.text import IMAGENET_TEMPLATES, build_text_classifier, get_tokenizer
 from ovrsisbench.models.segearth_ov import (
     CONFIGS,
