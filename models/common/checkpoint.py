@@ -38,8 +38,11 @@ __all__ = [
 
 #: How many keys an error message lists before it only counts the rest.
 _SHOWN = 8
-#: The class torch's weights-only unpickler refused, in its error message.
-_REFUSED_CLASS = re.compile(r"Unsupported global: GLOBAL (\S+)")
+#: The most characters of a library's error message that ours quotes.
+_CAUSE_LENGTH = 160
+#: The class torch's weights-only unpickler refused, in its error message (a dotted name: random
+#: bytes can look like a pickled global too).
+_REFUSED_CLASS = re.compile(r"Unsupported global: GLOBAL ([A-Za-z_][\w.]*) was not an allowed")
 #: The source location that torch's C++ errors start with.
 _C10_LOCATION = re.compile(r"^\[enforce fail at [^\]]*\][\s.]*")
 
@@ -66,6 +69,8 @@ def _cause(error: BaseException) -> str:
     text = str(error).split("WeightsUnpickler error:")[-1]
     line = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = _C10_LOCATION.sub("", line).split(". ")[0].rstrip(".")
+    if len(first) > _CAUSE_LENGTH:  # it may quote the file's bytes
+        first = first[: _CAUSE_LENGTH - 3] + "..."
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
