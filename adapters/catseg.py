@@ -39,7 +39,7 @@ from ovrsisbench.io import file_sha256
 from ovrsisbench.models.catseg.checkpoint import KEYS
 from ovrsisbench.models.catseg.model import CONFIGS, CatSeg, CatSegConfig
 from ovrsisbench.models.common.catseg_clip import CLIP_NAMES
-from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_pretrained
+from ovrsisbench.models.common.dense_clip import read_clip_state_dict, resolve_pretrained
 from ovrsisbench.models.common.split_attention import load_split_from_fused
 
 #: Cat-Seg's schedule (configs/config.yaml, vitb_384.yaml, vitl_336.yaml).
@@ -109,7 +109,7 @@ class CatSegAdapter(CatSegFamilyAdapter):
                 self.options["clip_weights"],
                 weights_cache(),
             )
-            load_split_from_fused(network.clip, load_state_dict_file(clip_file))
+            load_split_from_fused(network.clip, read_clip_state_dict(clip_file))
         except Exception as error:  # unreadable, unknown or mismatching files: name the cause
             raise UserError(f"{self.name}: cannot load the pretrained CLIP: {error}") from error
         network.set_trainable()

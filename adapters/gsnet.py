@@ -33,7 +33,7 @@ from ovrsisbench.adapters.catseg import CatSegAdapter
 from ovrsisbench.adapters.catseg_family import (
     SOLVER_DEFAULTS,
 )
-from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
+from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint, weights_error
 from ovrsisbench.errors import UserError
 from ovrsisbench.io import file_sha256, json_sha256
 from ovrsisbench.models.common.rsib import RSIB_FILE, RSIB_SOURCE, load_rsib_checkpoint
@@ -100,7 +100,7 @@ class GSNetAdapter(CatSegAdapter):
         try:
             load_rsib_checkpoint(path, network.dino)
         except Exception as error:  # unreadable or mismatching: name the file and the cause
-            raise UserError(f"gsnet: cannot load the DINO weights {path}: {error}") from error
+            raise weights_error(self.name, "the DINO weights", path, error) from error
         self.dino_source = str(path)
 
     def _pretrained(self) -> GSNet:

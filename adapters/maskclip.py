@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ovrsisbench.adapter import PromptAdapter, weights_cache
+from ovrsisbench.adapters.weights import weights_error
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import (
     long_side_size,
@@ -147,7 +148,7 @@ class MaskCLIPAdapter(PromptAdapter):
                 torch.manual_seed(self.options["seed"])
                 clip = build_clip(self.arch, checkpoint, "cpu", quick_gelu=True)
         except (ValueError, RuntimeError, OSError) as error:
-            raise UserError(f"maskclip: cannot load weights {pretrained}: {error}") from error
+            raise weights_error(self.name, "weights", pretrained, error) from error
         self._sha256 = file_sha256(checkpoint) if checkpoint else state_dict_sha256(clip)
         self.use_network(self._network(clip).to(device))
 

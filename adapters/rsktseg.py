@@ -46,7 +46,8 @@ from ovrsisbench.adapters.weights import checkpoint_backbone, read_checkpoint
 from ovrsisbench.errors import UserError
 from ovrsisbench.io import file_sha256
 from ovrsisbench.models.common.catseg_clip import CLIP_NAMES
-from ovrsisbench.models.common.dense_clip import load_state_dict_file, resolve_pretrained
+from ovrsisbench.models.common.checkpoint import read_weights_file
+from ovrsisbench.models.common.dense_clip import read_clip_state_dict, resolve_pretrained
 from ovrsisbench.models.common.rsib import RSIB_FILE, RSIB_SOURCE
 from ovrsisbench.models.rsktseg.checkpoint import (
     KEYS,
@@ -182,8 +183,8 @@ class RSKTSegAdapter(CatSegFamilyAdapter):
             )
             self.unused_keys = load_pretrained_encoders(
                 network,
-                load_state_dict_file(clip_file),
-                torch.load(files[REMOTECLIP_FILE], map_location="cpu", weights_only=True),
+                read_clip_state_dict(clip_file),
+                read_weights_file(files[REMOTECLIP_FILE]),
                 files[RSIB_FILE],
             )
         except Exception as error:  # unreadable or mismatching files: name the cause

@@ -52,12 +52,11 @@ from ovrsisbench.inference import (
     shortest_edge_size,
 )
 from ovrsisbench.io import file_sha256
-from ovrsisbench.models.common.checkpoint import OriginalKeys
+from ovrsisbench.models.common.checkpoint import OUR_NAMES, load_checkpoint
 from ovrsisbench.models.common.dense_clip import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
-    load_state_dict_file,
-    load_weights_strict,
+    read_clip_state_dict,
     resolve_pretrained,
 )
 from ovrsisbench.models.common.optim import detectron2_param_groups
@@ -219,13 +218,13 @@ class SANAdapter(CheckpointAdapter):
             clip_file = resolve_pretrained(
                 network.config.clip_arch, self.options["clip_weights"], weights_cache()
             )
-            load_weights_strict(network.clip, load_state_dict_file(clip_file))
+            load_checkpoint(network.clip, read_clip_state_dict(clip_file))
         except Exception as error:  # unreadable, unknown or mismatching files: name the cause
             raise UserError(f"san: cannot load the pretrained CLIP: {error}") from error
         return network
 
     def _from_checkpoint(self, path: Path) -> SAN:
-        state = read_checkpoint(path, self.name, OriginalKeys(()))
+        state = read_checkpoint(path, self.name, OUR_NAMES)
         # original key names, or ours (a checkpoint trained by ovrsisbench)
         key = OUR_CLASS_EMBEDDING_KEY if OUR_CLASS_EMBEDDING_KEY in state else CLASS_EMBEDDING_KEY
         backbone = checkpoint_backbone(

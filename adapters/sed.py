@@ -55,11 +55,8 @@ from ovrsisbench.inference import (
     shortest_edge_size,
 )
 from ovrsisbench.io import file_sha256
-from ovrsisbench.models.common.dense_clip import (
-    load_state_dict_file,
-    load_weights_strict,
-    resolve_pretrained,
-)
+from ovrsisbench.models.common.checkpoint import load_checkpoint
+from ovrsisbench.models.common.dense_clip import read_clip_state_dict, resolve_pretrained
 from ovrsisbench.models.common.losses import IGNORE_MODES, LOSSES, LossFn, segmentation_loss
 from ovrsisbench.models.common.optim import detectron2_param_groups
 from ovrsisbench.models.sed.checkpoint import KEYS
@@ -178,7 +175,7 @@ class SEDAdapter(CheckpointAdapter):
             path = resolve_pretrained(network.config.clip_arch, source, weights_cache())
             if path is None:
                 raise ValueError("no weights named (give -o clip_weights=FILE)")
-            load_weights_strict(network.clip, load_state_dict_file(path))
+            load_checkpoint(network.clip, read_clip_state_dict(path))
         except Exception as error:  # unreadable, unknown or mismatching files: name the cause
             raise UserError(f"{self.name}: cannot load the pretrained CLIP: {error}") from error
         return network

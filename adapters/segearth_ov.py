@@ -39,10 +39,16 @@ import torch
 from torch import nn
 
 from ovrsisbench.adapter import PromptAdapter, check_number_option, weights_cache
+from ovrsisbench.adapters.weights import weights_error
 from ovrsisbench.errors import UserError
 from ovrsisbench.inference import long_side_size, normalize, resize_to, slide_inference
 from ovrsisbench.io import file_sha256, json_sha256, state_dict_sha256
-from ovrsisbench.models.common.dense_clip import CheckpointMismatchError, resolve_pretrained
+from ovrsisbench.models.common.checkpoint import (
+    CheckpointMismatchError,
+    CheckpointReadError,
+    read_weights_file,
+)
+from ovrsisbench.models.common.dense_clip import resolve_pretrained
 from ovrsisbench.models.common.text import IMAGENET_TEMPLATES, build_text_classifier, get_tokenizer
 from ovrsisbench.models.segearth_ov import (
     CONFIGS,
@@ -175,13 +181,9 @@ class SegEarthOVAdapter(PromptAdapter):
 
     def _load_upsampler(self, network: SegEarthOV, path: Path) -> None:
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a damaged file, or pickled objects beyond tensors
-            raise UserError(f"segearth_ov: cannot read {path} (weights_only): {error}") from error
-        if not isinstance(checkpoint, dict):
-            raise UserError(f"segearth_ov: {path} holds no SimFeatUp state dict")
-        try:
-            load_upsampler(network.upsampler, checkpoint)
+            load_upsampler(network.upsampler, read_weights_file(path))
+        except CheckpointReadError as error:
+            raise weights_error(self.name, "the SimFeatUp weights", path, error) from None
         except CheckpointMismatchError as error:
             raise UserError(f"segearth_ov: {path} is not a SimFeatUp checkpoint: {error}") from None
 
@@ -198,9 +200,7 @@ class SegEarthOVAdapter(PromptAdapter):
                 torch.manual_seed(self.options["seed"])
                 network = self._network(clip_file, "cpu")
         except (ValueError, RuntimeError, OSError) as error:
-            raise UserError(
-                f"segearth_ov: cannot load CLIP weights {pretrained}: {error}"
-            ) from error
+            raise weights_error(self.name, "CLIP weights", pretrained, error) from error
         if upsampler_file is not None:
             self._load_upsampler(network, upsampler_file)
         self._sha256 = json_sha256(

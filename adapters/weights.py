@@ -1,6 +1,7 @@
-"""What the trainable built-in adapters share about weights: reading a checkpoint file, telling
-the backbone from it, and the order in which ``load`` looks for weights (a checkpoint, the
-pretrained encoders with ``init=pretrained``, or the seeded tiny network)."""
+"""What the built-in adapters share about weights: reading a checkpoint file, one wording for
+the files that cannot be loaded, telling the backbone from a checkpoint, and the order in which a
+trainable adapter's ``load`` looks for weights (a checkpoint, the pretrained encoders with
+``init=pretrained``, or the seeded tiny network)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from torch import Tensor, nn
 from ovrsisbench.adapter import PromptAdapter
 from ovrsisbench.errors import UserError
 from ovrsisbench.io import state_dict_sha256
-from ovrsisbench.models.common.checkpoint import CheckpointMismatchError, OriginalKeys
+from ovrsisbench.models.common.checkpoint import (
+    CheckpointMismatchError,
+    CheckpointReadError,
+    OriginalKeys,
+    read_weights_file,
+)
 
 T = TypeVar("T")
 
@@ -24,25 +30,22 @@ BACKBONE_OF_WIDTH = {768: "vit-b", 1024: "vit-l"}
 CLASS_EMBEDDING_KEY = "sem_seg_head.predictor.clip_model.visual.class_embedding"
 
 
-def read_checkpoint(path: Path, name: str, keys: OriginalKeys) -> dict[str, Tensor]:
-    """The state dict, in original key names, of a checkpoint file: safetensors (e.g. trained by
-    ``ovrsisbench train``), or ``torch.load(weights_only=True)`` (detectron2 ``.pth``: the
-    ``model`` entry). ``name`` (the adapter's) prefixes the error messages."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+def weights_error(name: str, what: str, source: Path | str, error: Exception) -> UserError:
+    """The UserError for ``error``, raised reading or loading ``source`` (a weights file or an
+    open_clip tag) for ``what``: ``"{name}: cannot load {what}: {source}: {cause}"`` (a
+    ``CheckpointReadError`` already starts with the file's path)."""
+    where = "" if isinstance(error, CheckpointReadError) else f"{source}: "
+    return UserError(f"{name}: cannot load {what}: {where}{error}")
 
-            checkpoint = load_file(str(path))
-        else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{name}: weights file {path} does not exist") from None
-    except Exception as error:  # a damaged file, or pickled objects beyond tensors
-        raise UserError(f"{name}: cannot read {path} (weights_only): {error}") from error
-    state = keys.unwrap(checkpoint)
-    if not isinstance(state, dict) or not state:
-        raise UserError(f"{name}: {path} holds no state dict")
-    return state
+
+def read_checkpoint(path: Path, name: str, keys: OriginalKeys) -> dict[str, Tensor]:
+    """The state dict, in original key names (see ``OriginalKeys.unwrap``), of a weights file
+    (``read_weights_file``): a UserError naming ``name`` (the adapter's) and the file if it
+    cannot be read."""
+    try:
+        return dict(keys.unwrap(read_weights_file(path)))
+    except CheckpointReadError as error:
+        raise weights_error(name, "the weights", path, error) from None
 
 
 def checkpoint_backbone(

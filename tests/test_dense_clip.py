@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ovrsisbench.models.common.checkpoint import CheckpointMismatchError
 from ovrsisbench.models.common.dense_clip import (
     DENSE_MODES,
     OPENAI_METADATA_KEYS,
     TINY_VIT_CONFIG,
-    CheckpointMismatchError,
     DenseCLIP,
     build_clip,
     interpolate_pos_embed,
-    load_state_dict_file,
+    read_clip_state_dict,
     resolve_pretrained,
     value_path,
 )
@@ -180,7 +180,7 @@ def test_torchscript_archives_are_refused(tmp_path):
     path = tmp_path / "jit.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
     with pytest.raises(ValueError, match="TorchScript"):
-        load_state_dict_file(path)
+        read_clip_state_dict(path)
 
 
 def test_pretrained_resolution_and_meta_refusal(tmp_path):

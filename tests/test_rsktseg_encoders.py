@@ -28,8 +28,8 @@ from ovrsisbench.models.common.catseg_clip import (
     remote_hooks,
     remoteclip_unused_keys,
 )
+from ovrsisbench.models.common.checkpoint import CheckpointMismatchError
 from ovrsisbench.models.common.dense_clip import (
-    CheckpointMismatchError,
     DenseCLIP,
     build_clip,
     embed_tokens,

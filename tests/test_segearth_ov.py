@@ -14,9 +14,9 @@ import yaml
 from tests_helpers import spec_keys
 
 from ovrsisbench.errors import UserError
+from ovrsisbench.models.common.checkpoint import CheckpointMismatchError
 from ovrsisbench.models.common.dense_clip import (
     TINY_VIT_CONFIG,
-    CheckpointMismatchError,
     DenseCLIP,
     build_clip,
 )

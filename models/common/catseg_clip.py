@@ -35,13 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from .catseg_head import NUM_ROTATIONS
-from .dense_clip import (
-    CheckpointMismatchError,
-    build_clip,
-    load_weights_strict,
-    run_blocks,
-    tokens_to_map,
-)
+from .checkpoint import CheckpointMismatchError, load_checkpoint
+from .dense_clip import build_clip, run_blocks, tokens_to_map
 from .split_attention import SplitQKVAttention, split_fused_state_dict, split_qkv
 
 #: open_clip configs of the OpenAI CLIP models RSKT-Seg uses (QuickGELU, as OpenAI trained them).
@@ -153,7 +148,7 @@ def load_remoteclip_weights(model: RemoteCLIPVision, state: Mapping[str, Tensor]
         raise CheckpointMismatchError(
             "unused RemoteCLIP keys of the wrong shape: " + ", ".join(bad_shapes)
         )
-    load_weights_strict(model, {key: value for key, value in state.items() if key not in dropped})
+    load_checkpoint(model, {key: value for key, value in state.items() if key not in dropped})
     return dropped
 
 

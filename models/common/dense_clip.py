@@ -16,8 +16,7 @@ sides are not multiples of the patch size are zero-padded at the bottom/right (a
 from __future__ import annotations
 
 import copy
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .checkpoint import load_checkpoint, read_weights_file
 
 #: OpenAI CLIP pixel statistics (RGB, for images scaled to [0, 1]).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -40,10 +41,6 @@ TINY_VIT_CONFIG: dict[str, Any] = {
 
 #: Non-tensor entries of OpenAI's original checkpoints, not parameters of the model.
 OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose keys or shapes do not match the model (the message names them)."""
 
 
 # -- building and loading ---------------------------------------------------------------------
@@ -82,64 +79,20 @@ def resolve_pretrained(
     return Path(open_clip.download_pretrained(tag_config, cache_dir=cache))
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a CLIP checkpoint (safetensors, or ``torch.load(weights_only=True)``) as a state dict.
+def read_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The CLIP state dict in a weights file (read by ``read_weights_file``).
 
     Accepts open_clip and OpenAI-format state dicts (the same key names; OpenAI's metadata
     entries are dropped), optionally wrapped in ``{"state_dict": ...}`` or ``module.`` prefixed.
     TorchScript archives (OpenAI's original ``.pt`` downloads) are refused: they cannot be read
     with ``weights_only=True``; use the open_clip tag instead, which fetches a plain state dict.
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    elif _is_torchscript(path):
-        raise ValueError(
-            f"{path} is a TorchScript archive, which cannot be loaded safely (weights_only); "
-            "use the open_clip pretrained tag (e.g. 'openai') or a plain state dict instead"
-        )
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+    state = read_weights_file(path)
+    if isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
     if all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
     return {key: value for key, value in state.items() if key not in OPENAI_METADATA_KEYS}
-
-
-def load_weights_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Copy ``state`` into ``model``; raise ``CheckpointMismatchError`` naming every bad key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{key} {tuple(state[key].shape)} != {tuple(expected[key].shape)}"
-        for key in set(state) & set(expected)
-        if state[key].shape != expected[key].shape
-    )
-    problems = [
-        f"{label}: {', '.join(keys)}"
-        for label, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        )
-        if keys
-    ]
-    if problems:
-        raise CheckpointMismatchError("checkpoint does not match the model; " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
 
 
 def build_clip(
@@ -168,7 +121,7 @@ def build_clip(
     model = open_clip.CLIP(**config)
     checkpoint = resolve_pretrained(arch, pretrained)
     if checkpoint is not None:
-        load_weights_strict(model, load_state_dict_file(checkpoint))
+        load_checkpoint(model, read_clip_state_dict(checkpoint))
     return model.to(device).eval()
 
 

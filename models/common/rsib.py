@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from .dense_clip import load_weights_strict
+from .checkpoint import load_checkpoint, read_weights_file
 
 #: DINO v1 ``vit_base(patch_size=8, num_classes=0)``.
 RSIB_CONFIG: dict[str, Any] = {
@@ -64,6 +64,9 @@ RSIB_INDICES = (3, 7, 11)
 
 #: Prefixes stripped from checkpoint keys (DDP and DINO's multi-crop wrapper).
 RSIB_STRIP_PREFIXES = ("module.", "backbone.")
+
+#: The one class besides tensors a DINO training checkpoint pickles: its run's arguments.
+DINO_ALLOWED_GLOBALS = (argparse.Namespace,)
 
 #: Keys of DINO's projection head in a training checkpoint; the backbone cannot hold them.
 DINO_HEAD_PREFIX = "head."
@@ -128,13 +131,6 @@ def rsib_intermediate(
     return [saved[index] for index in indices]
 
 
-def _read_checkpoint(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)``; DINO training checkpoints also hold the
-    ``argparse.Namespace`` of their run, allowed as the one non-tensor class."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def rsib_state_from_checkpoint(
     path_or_state: str | Path | Mapping[str, Any],
 ) -> tuple[dict[str, Tensor], list[str]]:
@@ -144,7 +140,7 @@ def rsib_state_from_checkpoint(
     ``strict=False`` load drops them silently) are removed and returned as the second item."""
     state = path_or_state
     if isinstance(path_or_state, (str, Path)):
-        state = _read_checkpoint(path_or_state)
+        state = read_weights_file(path_or_state, allowed_globals=DINO_ALLOWED_GLOBALS)
     if not isinstance(state, Mapping):
         raise ValueError("the RSIB checkpoint does not hold a state dict")
     if isinstance(state.get("teacher"), Mapping):
@@ -166,8 +162,8 @@ def load_rsib_checkpoint(
     ``model`` (default: a new ``build_rsib()``); raises ``CheckpointMismatchError`` naming every
     missing, unexpected or mis-shaped key. Returns the model (eval mode, fp32).
 
-    Files are read with ``weights_only=True`` (the ``argparse.Namespace`` that DINO training
-    checkpoints also hold is the one class allowed).
+    Files are read by ``read_weights_file`` (``weights_only``; the ``argparse.Namespace`` that
+    DINO training checkpoints also hold is the one class allowed).
     """
     state, _ = rsib_state_from_checkpoint(path_or_state)
     model = build_rsib() if model is None else model
@@ -175,5 +171,5 @@ def load_rsib_checkpoint(
         key: value.float() if isinstance(value, Tensor) and value.is_floating_point() else value
         for key, value in state.items()
     }
-    load_weights_strict(model, floats)
+    load_checkpoint(model, floats)
     return model.float().eval()

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .dense_clip import load_weights_strict
+from .checkpoint import load_checkpoint
 
 #: Suffix of a fused input-projection weight, and the three split names replacing it.
 FUSED_SUFFIX = "attn.in_proj_weight"
@@ -148,7 +148,7 @@ def fuse_split_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def load_split_from_fused(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Strictly load a fused (open_clip / OpenAI) or already split state dict into a split
     ``model``; raises ``CheckpointMismatchError`` naming missing, unexpected or mis-shaped keys."""
-    load_weights_strict(model, split_fused_state_dict(state))
+    load_checkpoint(model, split_fused_state_dict(state))
 
 
 # -- fine-tuning rule -------------------------------------------------------------------------

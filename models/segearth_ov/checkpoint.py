@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from ..common.dense_clip import CheckpointMismatchError, load_weights_strict
+from ..common.checkpoint import CheckpointMismatchError, load_checkpoint
 
 PREFIX = "upsampler."
 
@@ -29,4 +29,4 @@ def upsampler_state(checkpoint: Mapping) -> dict[str, Tensor]:
 def load_upsampler(module: nn.Module, checkpoint: Mapping) -> None:
     """Load a SimFeatUp checkpoint strictly; ``CheckpointMismatchError`` names every missing,
     unexpected or mis-shaped key (in our names, i.e. after the prefix strip)."""
-    load_weights_strict(module, upsampler_state(checkpoint))
+    load_checkpoint(module, upsampler_state(checkpoint))
