@@ -18,7 +18,7 @@ from ovrsisbench.data.converters.engine import (
     prepare_dataset,
     up_to_date,
 )
-from ovrsisbench.data.converters.tiling import Tiling
+from ovrsisbench.data.tiling import Tiling
 from ovrsisbench.errors import UserError
 
 ALL = "all"

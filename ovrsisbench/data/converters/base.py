@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ovrsisbench.data.converters.labels import DecodedLabel, IndexCodec
-from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.data.native import NATIVE_CLASSES
+from ovrsisbench.data.tiling import Tiling
 from ovrsisbench.errors import DataError, UserError
 
 

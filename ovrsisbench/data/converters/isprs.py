@@ -17,7 +17,7 @@ from ovrsisbench.data.converters.base import (
     pair_files,
 )
 from ovrsisbench.data.converters.labels import PaletteCodec
-from ovrsisbench.data.converters.tiling import Tiling
+from ovrsisbench.data.tiling import Tiling
 
 # RGB colour -> native id, ISPRS order
 PALETTE = {
