@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from ovrsisbench import choices
-from ovrsisbench.data.native import DATASETS
+from ovrsisbench.data.registry import DATASETS
 from ovrsisbench.errors import UserError
 
 if TYPE_CHECKING:

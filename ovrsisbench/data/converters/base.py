@@ -1,7 +1,8 @@
 """What a converter is: where it finds (image, label) pairs in a download, how it decodes labels.
 
-A converter module declares its dataset's facts as data (native classes, palette or value table,
-default tiling, split rule, options) and one ``find_pairs`` function; the engine
+The dataset's own facts (native classes, palette, default tiling, licence) are its registry
+entry (``ovrsisbench.data.registry``); a converter module declares how its download is laid out
+(file patterns, split rule, options) and one ``find_pairs`` function; the engine
 (``ovrsisbench.data.converters.engine``) does the reading, tiling, writing, resuming and
 verification for all of them.
 """
@@ -15,8 +16,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ovrsisbench.data.converters.labels import DecodedLabel, IndexCodec
-from ovrsisbench.data.native import NATIVE_CLASSES
+from ovrsisbench.data.converters.labels import DecodedLabel, IndexCodec, PaletteCodec
+from ovrsisbench.data.registry import REGISTRY, RGB, DatasetSpec
 from ovrsisbench.data.tiling import Tiling
 from ovrsisbench.errors import DataError, UserError
 
@@ -108,7 +109,6 @@ class Converter:
     dataset: ClassVar[str]
     version: ClassVar[str] = "1"
     kind: ClassVar[str] = "raw"
-    default_tiling: ClassVar[Tiling] = Tiling()
     options_spec: ClassVar[dict[str, Option]] = {}
     checksums: ClassVar[dict[str, str]] = {}  # archive file name -> md5 published in the spec
     archives: ClassVar[tuple[str, ...]] = ("*",)  # fnmatch patterns of archive file names
@@ -135,8 +135,17 @@ class Converter:
         }
 
     @property
+    def spec(self) -> DatasetSpec:
+        """This dataset's registry entry."""
+        return REGISTRY[self.dataset]
+
+    @property
     def classes(self) -> tuple[str, ...]:
-        return NATIVE_CLASSES[self.dataset]
+        return self.spec.classes
+
+    @property
+    def default_tiling(self) -> Tiling:
+        return self.spec.tiling
 
     def wants_archive(self, logical: str) -> bool:
         """Whether to extract the archive at ``logical`` (others are left alone), by file name."""
@@ -159,6 +168,12 @@ class Converter:
 
     def make_codec(self) -> LabelCodec:
         raise NotImplementedError
+
+    def palette_codec(self, unlabelled: tuple[RGB, ...] = ()) -> PaletteCodec:
+        """Colour-coded labels decoded with the registry's palette and the ``tolerance`` option."""
+        assert self.spec.palette is not None, f"{self.dataset} has no palette"
+        colours = {colour: native for native, colour in enumerate(self.spec.palette)}
+        return PaletteCodec(colours, unlabelled, tolerance=self.options["tolerance"])
 
     def identity_codec(self) -> IndexCodec:
         """Index labels whose raw values are the native ids (UDD5, VDD, LoveDA)."""

@@ -217,6 +217,7 @@ def prepare_dataset(
                 "pairs": len(pairs),
                 "archives": [archive.logical for archive in archives],
                 "provenance": converter.provenance,
+                "licence": converter.spec.licence,
             },
             converter_version=converter.version,
             tiling=tiling.to_json(),
