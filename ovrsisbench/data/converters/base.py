@@ -10,7 +10,7 @@ verification for all of them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -203,15 +203,37 @@ def pair_files(
     return pairs, orphans
 
 
-def index_unique(files: Iterable[tuple[str, SourceFile]], what: str) -> dict[str, SourceFile]:
-    """``{key: file}``; DataError naming both files when two share a key."""
+Clash = Callable[[str, SourceFile, SourceFile], str]
+"""Why two files of a download give one key: ``(key, file, other) -> cause`` for the error."""
+
+
+def index_unique(
+    files: Iterable[tuple[str, SourceFile]], what: str, clash: Clash | None = None
+) -> dict[str, SourceFile]:
+    """``{key: file}``; DataError naming both files when two share a key, with the likely cause
+    (``clash``, by default ``same_download_twice`` or else names that must be unique)."""
     index: dict[str, SourceFile] = {}
     for key, file in files:
         other = index.setdefault(key, file)
         if other is not file:
-            raise DataError(
-                f"{file.logical}: {what} '{key}' also names {other.logical}; names must be "
-                "unique across the dataset (an archive and its extracted copy side by side? "
-                "give only one)"
-            )
+            cause = (clash or _unique_names)(key, file, other)
+            raise DataError(f"{file.logical}: {what} '{key}' also names {other.logical}; {cause}")
     return index
+
+
+def same_download_twice(file: SourceFile, other: SourceFile) -> str:
+    """The cause for two files at the same place of a download: the download is there twice."""
+    how = "an archive beside its extracted copy" if _is_copy(file, other) else "two copies of it"
+    return f"the same download twice ({how}?); give only one"
+
+
+def _is_copy(file: SourceFile, other: SourceFile) -> bool:
+    """One path ends with the other (``Train.zip/Train/x.png`` and ``Train/x.png``)."""
+    short, long = sorted((file.parts, other.parts), key=len)
+    return long[len(long) - len(short) :] == short
+
+
+def _unique_names(key: str, file: SourceFile, other: SourceFile) -> str:
+    if _is_copy(file, other):
+        return same_download_twice(file, other)
+    return "names must be unique across the dataset"
