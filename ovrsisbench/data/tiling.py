@@ -7,8 +7,9 @@ Edge modes, for a side of length L, tile T and stride S:
 
 - ``drop``: windows at 0, S, 2S, ... that lie fully inside; the remainder is dropped (ISPRS
   Potsdam in the paper: 6000 px -> 23 tiles of 256);
-- ``clamp``: the same grid plus one last window aligned to the border (mmseg's iSAID and ISPRS
-  converters); a side shorter than T gets one window, padded;
+- ``clamp``: the same grid plus one last window aligned to the border (mmseg's iSAID converter;
+  mmseg's ISPRS converters only with T = S = 512: they step by the tile size whatever their
+  stride setting); a side shorter than T gets one window, padded;
 - ``pad``: the grid continues until the side is covered; the last window is padded.
 
 Padding is image 0 and label 255. Tiles are named ``{base}_{y0}_{y1}_{x0}_{x1}`` (the window in
