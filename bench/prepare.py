@@ -31,15 +31,17 @@ from PIL import Image
 from rasterio.transform import from_origin
 from tabulate import tabulate
 
-from ovrsisbench.data.converters.isprs import BOUNDARY, PALETTE
+from ovrsisbench.data.converters.isprs import BOUNDARY
+from ovrsisbench.data.converters.pairs import cut_pair
 from ovrsisbench.data.converters.potsdam import PotsdamConverter
-from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.data.converters.workers import make_pool
 from ovrsisbench.data.layout import read_rgb, write_png
 from ovrsisbench.data.prepare import PrepareSettings, prepare
+from ovrsisbench.data.registry import REGISTRY
+from ovrsisbench.data.tiling import Tiling
 
 TARGET = 0.7
-COLOURS = np.array(sorted(PALETTE, key=PALETTE.get), np.uint8)  # ISPRS order
+COLOURS = np.array(REGISTRY["potsdam"].palette, np.uint8)  # ISPRS order
 # muted photo tints per class: road grey, roof, grass, tree, car, clutter
 TINTS = np.array(
     [[150, 150, 145], [170, 110, 90], [110, 140, 80], [60, 95, 50], [40, 60, 140], [120, 105, 90]],
@@ -144,7 +146,7 @@ def floor_one(task: tuple[Path, Path, Path, int]) -> int:
     windows = tiling.windows(*label.shape)
     for y0, x0 in windows:
         name = f"{tiling.tile_stem(stem, y0, x0)}.png"
-        image_tile, label_tile = tiling.cut_pair(image, label, y0, x0)
+        image_tile, label_tile = cut_pair(tiling, image, label, y0, x0)
         write_png(out / "images" / name, image_tile, durable=False)
         write_png(out / "labels" / name, label_tile, durable=False)
     return len(windows)

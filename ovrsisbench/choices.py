@@ -7,7 +7,7 @@ POLICIES = ("exclude-absent", "mmseg")
 FORMATS = ("table", "csv", "md")
 #: what ``prepare`` converts: the official download or the RSKT-Seg authors' OVSISBench archive
 SOURCE_KINDS = ("raw", "archive")
-#: how ``prepare`` tiles the border of a large image (``ovrsisbench.data.converters.tiling``)
+#: how ``prepare`` tiles the border of a large image (``ovrsisbench.data.tiling``)
 EDGE_MODES = ("drop", "clamp", "pad")
 #: mixed precision of training
 AMP_MODES = ("auto", "bf16", "off")

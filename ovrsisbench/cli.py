@@ -12,18 +12,15 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from ovrsisbench import choices
-from ovrsisbench.data.native import DATASETS
+from ovrsisbench.data.registry import DATASETS
 from ovrsisbench.defaults import default_data_root, default_results, existing_data_root
 from ovrsisbench.errors import UserError
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Choice(str, Enum):

@@ -97,7 +97,9 @@ def test_prepare_tiled_drop(cli, tmp_path):
     ids=["urban-rural", "train-val"],
 )
 def test_prepare_rejects_colliding_ids(cli, tmp_path, source, target):
-    """The flattened stems must be unique: the same id twice is an error naming both files."""
+    """The flattened stems must be unique: the same id twice is an error naming both files and
+    where the id repeats (the official release never repeats one), not an archive beside its
+    extracted copy."""
     fixture = loveda.write_raw(tmp_path / "raw")
     for folder in ("images_png", "masks_png"):
         into = fixture.src.joinpath(*target, folder)
@@ -105,3 +107,17 @@ def test_prepare_rejects_colliding_ids(cli, tmp_path, source, target):
     line = prepare_error(cli, "loveda", fixture.src, tmp_path / "data")
     for top, area in (source, target):
         assert re.search(rf"{top}/{area}/(images|masks)_png/10\.png", line), line
+    places = sorted("/".join(place) for place in (source, target))
+    assert f"id 10 is in both {places[0]} and {places[1]}" in line
+    assert "the official LoveDA never repeats an id across Train/Val and Urban/Rural" in line
+    assert "archive" not in line
+
+
+def test_prepare_names_a_zip_beside_its_extracted_copy(cli, tmp_path):
+    """The same download twice (Train.zip and its extracted Train/): both paths and that cause."""
+    loveda.write_raw(tmp_path / "raw", archives=True)
+    fixture = loveda.write_raw(tmp_path / "raw")  # extracted beside the zips
+    line = prepare_error(cli, "loveda", fixture.src, tmp_path / "data")
+    assert re.search(r"Train\.zip/Train/Rural/(images|masks)_png/10\.png", line), line
+    assert re.search(r" Train/Rural/(images|masks)_png/10\.png", line), line
+    assert "the same download twice (an archive beside its extracted copy?)" in line

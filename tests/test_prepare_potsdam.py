@@ -49,6 +49,7 @@ def test_fixture_files_decode_to_the_expected_arrays(tmp_path, labels):
         "5_Labels_all.zip",
         "5_Labels_all_noBoundary.zip",
         "5_Labels_for_participants.zip",
+        "5_Labels_for_participants_no_Boundary.zip",
     ]
     for base, item in fixture.expected.items():
         image_path = f"2_Ortho_RGB/{base}_RGB.tif"
@@ -75,11 +76,16 @@ def test_fixture_files_decode_to_the_expected_arrays(tmp_path, labels):
         for colour in ISPRS_COLOURS:  # every class colour
             assert np.all(rgb == colour, axis=-1).any()
         np.testing.assert_array_equal(zipped.expected[base].label, item.label)
-    participants = fixture.src / "5_Labels_for_participants/top_potsdam_2_10_label.tif"
-    assert not np.array_equal(
-        decode_isprs(_read_tiff(participants.read_bytes())[0])[0],
-        fixture.expected["top_potsdam_2_10"].label,
-    )
+    for complete, participants in (
+        ("5_Labels_all", "5_Labels_for_participants"),
+        ("5_Labels_all_noBoundary", "5_Labels_for_participants_no_Boundary"),
+    ):  # the participants' copies of the train tile: same file names, other content
+        [name] = [p.name for p in (fixture.src / participants).iterdir()]
+        assert name in {"top_potsdam_2_10_label.tif", "top_potsdam_2_10_label_noBoundary.tif"}
+        assert not np.array_equal(
+            _read_tiff((fixture.src / participants / name).read_bytes())[0],
+            _read_tiff((fixture.src / complete / name).read_bytes())[0],
+        )
     assert fixture.unmatched == (29 if labels == "full" else 8)  # full: 18 stray black pixels
     assert [e.unmatched > 0 for e in fixture.expected.values()].count(False) == (labels != "full")
 
@@ -134,6 +140,18 @@ def test_prepare_eroded_labels(cli, tmp_path):
     meta = assert_prepared(tmp_path / "data", "potsdam", tiles)
     check_verification(meta, fixture, tiles, CLASSES)
     assert all("_noBoundary" in key for key in meta["verification"]["unmatched_by_file"])
+
+
+def test_eroded_labels_skip_the_participants_eroded_copy(cli, tmp_path):
+    """An extracted 5_Labels_for_participants_no_Boundary (the train subset, eroded) has the
+    eroded labels' file names, as 5_Labels_for_participants has the full ones': never labels."""
+    fixture = write_potsdam_raw(tmp_path / "raw", labels="eroded")
+    copy = "5_Labels_for_participants_no_Boundary/top_potsdam_2_10_label_noBoundary.tif"
+    assert (fixture.src / copy).is_file()
+    data = tmp_path / "data"
+    run_prepare(cli, "potsdam", fixture.src, data, "--tile", "0", "-o", "labels=eroded")
+    meta = assert_prepared(data, "potsdam", fixture.expected)  # each tile once, its own label
+    assert meta["source"]["pairs"] == len(fixture.expected) and not meta["orphans"]
 
 
 def test_prepare_untiled_keeps_the_geotiff_bytes(cli, raw, tmp_path):

@@ -93,12 +93,16 @@ def test_fixture_files_decode_to_the_expected_arrays(tmp_path, labels):
         assert np.all(rgb == 0, axis=-1).any()
         for colour in ISPRS_COLOURS:
             assert np.all(rgb == colour, axis=-1).any()
-    participants = fixture.src / fixture.notes["participants"]
-    assert participants.parent.name == "gts_for_participants"
-    assert not np.array_equal(
-        decode_isprs(_read_tiff(participants.read_bytes()))[0],
-        fixture.expected[participants.stem].label,
-    )
+    for variant, gts, archive in (
+        ("full", "gts_for_participants", VAIHINGEN_GT_ZIP),
+        ("eroded", "gts_eroded_for_participants", VAIHINGEN_ERODED_ZIP),
+    ):  # the participants' copies of area1: same file names as the COMPLETE labels, other content
+        participants = fixture.src / fixture.notes["participants"][variant]
+        complete = fixture.src / archive.removesuffix(".zip") / participants.name
+        assert participants.parent.name == gts
+        assert not np.array_equal(
+            _read_tiff(participants.read_bytes()), _read_tiff(complete.read_bytes())
+        )
     assert fixture.unmatched == (26 if labels == "full" else 6)  # full: 18 stray black pixels
 
 
@@ -152,3 +156,21 @@ def test_prepare_eroded_labels_untiled(cli, tmp_path):
         path = dataset.image_path(base)
         assert path.name == f"{base}.tif"
         assert path.read_bytes() == (fixture.src / f"{IMAGES}/{base}.tif").read_bytes()
+
+
+@pytest.mark.parametrize("archives", [False, True], ids=["folders", "zips"])
+def test_eroded_labels_skip_the_participants_eroded_copy(cli, tmp_path, archives):
+    """gts_eroded_for_participants (beside the images, in their zip too) has the eroded labels'
+    file names, as gts_for_participants has the full ones': never labels."""
+    fixture = write_vaihingen_raw(tmp_path / "raw", archives=archives, labels="eroded")
+    copy = fixture.notes["participants"]["eroded"]  # "<zip or folder>/<member>"
+    assert copy.endswith("/gts_eroded_for_participants/top_mosaic_09cm_area1_noBoundary.tif")
+    if archives:
+        zipped, member = copy.split("/", 1)
+        assert member in zipfile.ZipFile(fixture.src / zipped).namelist()
+    else:
+        assert (fixture.src / copy).is_file()
+    data = tmp_path / "data"
+    run_prepare(cli, "vaihingen", fixture.src, data, "--tile", "0", "-o", "labels=eroded")
+    meta = assert_prepared(data, "vaihingen", fixture.expected)  # each tile once, its own label
+    assert meta["source"]["pairs"] == len(fixture.expected) and not meta["orphans"]

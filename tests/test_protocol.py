@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ovrsisbench.data.native import DATASETS, NATIVE_CLASSES, SYNTHETIC_CLASSES
+from ovrsisbench.data.native import NATIVE_CLASSES, SYNTHETIC_CLASSES
+from ovrsisbench.data.registry import DATASETS
 from ovrsisbench.errors import DataError, UserError
 from ovrsisbench.protocol import (
     list_protocols,

@@ -1,1 +1,1 @@
-"""The unified dataset format: layout, meta.json, reader, writer and loader."""
+"""The unified dataset format (layout, meta.json, reader, writer, loader), dataset registry."""

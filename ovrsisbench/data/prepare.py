@@ -18,21 +18,11 @@ from ovrsisbench.data.converters.engine import (
     prepare_dataset,
     up_to_date,
 )
-from ovrsisbench.data.converters.tiling import Tiling
+from ovrsisbench.data.registry import REGISTRY
+from ovrsisbench.data.tiling import Tiling
 from ovrsisbench.errors import UserError
 
 ALL = "all"
-# folder names (lower case) under --src that hold each dataset's raw download for `prepare all`
-RAW_FOLDERS = {
-    "dlrsd": ("dlrsd",),
-    "isaid": ("isaid",),
-    "potsdam": ("potsdam",),
-    "vaihingen": ("vaihingen",),
-    "uavid": ("uavid",),
-    "udd5": ("udd5", "udd"),
-    "loveda": ("loveda",),
-    "vdd": ("vdd",),
-}
 
 
 @dataclass(frozen=True)
@@ -73,7 +63,7 @@ class DatasetOutcome:
 
 
 def _raw_source(src: Path, dataset: str) -> Path | None:
-    names = RAW_FOLDERS[dataset]
+    names = REGISTRY[dataset].raw_folders
     matches = [p for p in sorted(src.iterdir()) if p.name.lower() in names]
     return matches[0] if matches else None
 
@@ -152,7 +142,7 @@ def prepare(
     for name, cls in converter_classes(kind).items():
         source = src if kind == "archive" else _raw_source(src, name)
         if source is None:
-            names = " or ".join(RAW_FOLDERS[name])
+            names = " or ".join(REGISTRY[name].raw_folders)
             outcomes.append(DatasetOutcome(name, skipped=f"no folder {names} in {src}"))
             continue
         outcomes.append(_outcome(cls(), source, data_root, settings, progress, kind, src))

@@ -13,12 +13,16 @@ folder named after the zip)::
     5_Labels_all.zip               top_potsdam_{r}_{c}_label.tif  (labels="full")
     5_Labels_all_noBoundary.zip    top_potsdam_{r}_{c}_label_noBoundary.tif  (labels="eroded")
     5_Labels_for_participants.zip  top_potsdam_{r}_{c}_label.tif  (train tiles; other content)
+    5_Labels_for_participants_no_Boundary.zip
+                                   top_potsdam_{r}_{c}_label_noBoundary.tif  (the same, eroded)
 
 Vaihingen::
 
     ISPRS_semantic_labeling_Vaihingen.zip   top/top_mosaic_09cm_area{N}.tif (IRRG), dsm/...,
-                                            gts_for_participants/top_mosaic_09cm_area{N}.tif
-                                            (first area only; DIFFERENT from the COMPLETE label)
+                                            gts_for_participants/top_mosaic_09cm_area{N}.tif,
+                                            gts_eroded_for_participants/
+                                            top_mosaic_09cm_area{N}_noBoundary.tif
+                                            (first area only; DIFFERENT from the COMPLETE labels)
     ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip         top_mosaic_09cm_area{N}.tif
     ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip
                                                           top_mosaic_09cm_area{N}_noBoundary.tif
@@ -309,21 +313,28 @@ def write_potsdam_raw(root: Path, *, archives: bool = False, labels: str = "full
             folder = f"5_Labels_all{suffix}"
             paths[variant] = out.add(f"{folder}.zip", folder, f"{base}_label{suffix}.tif", rgb)
         split = _split(tile.tile_id, POTSDAM_TRAIN, POTSDAM_VAL)
-        if split == "train":  # the participants' subset: same names, other (wrong) content
+        if split == "train":  # the participants' subsets: same names, other (wrong) content
             wrong = ISPRS_COLOURS[(decode_isprs(variants["full"][0])[0] % 6 + 1) % 6]
-            out.add(
-                "5_Labels_for_participants.zip",
-                "5_Labels_for_participants",
-                f"{base}_label.tif",
-                _geotiff(wrong, transform, crs=POTSDAM_CRS),
-            )
+            for suffix, name in (("", "_label"), ("_no_Boundary", "_label_noBoundary")):
+                folder = f"5_Labels_for_participants{suffix}"
+                out.add(
+                    f"{folder}.zip",
+                    folder,
+                    f"{base}{name}.tif",
+                    _geotiff(wrong, transform, crs=POTSDAM_CRS),
+                )
         _, label, unmatched = variants[labels]
         expected[base] = ExpectedImage(image, label, split, unmatched, paths[labels])
     out.close()
     notes = {
         "labels": labels,
         "crs": POTSDAM_CRS,
-        "distractors": ["3_Ortho_IRRG", "1_DSM", "5_Labels_for_participants"],
+        "distractors": [
+            "3_Ortho_IRRG",
+            "1_DSM",
+            "5_Labels_for_participants",
+            "5_Labels_for_participants_no_Boundary",
+        ],
     }
     return RawFixture(Path(root), expected, notes)
 
@@ -347,14 +358,15 @@ def write_vaihingen_raw(root: Path, *, archives: bool = False, labels: str = "fu
     """Three Vaihingen areas (area1 train, area6 and area2 val) as the official download.
 
     ``labels`` as for :func:`write_potsdam_raw`. ``expected`` images keep the file band order
-    (NIR, R, G). ``notes["participants"]`` names the ``gts_for_participants`` copy that differs
-    from the COMPLETE label (the converter must ignore it).
+    (NIR, R, G). ``notes["participants"]`` names the ``gts_for_participants`` and
+    ``gts_eroded_for_participants`` copies (full, eroded) that differ from the COMPLETE labels
+    (the converter must ignore them).
     """
     _check_variant(labels)
     out = Download(root, archives)
     folder = VAIHINGEN_ZIP.removesuffix(".zip")
     expected: dict[str, ExpectedImage] = {}
-    participants = ""
+    participants: dict[str, str] = {}
     for index, tile in enumerate(VAIHINGEN_TILES):
         rng = np.random.default_rng(5000 + index)
         base = f"top_mosaic_09cm_{tile.tile_id}"
@@ -369,11 +381,15 @@ def write_vaihingen_raw(root: Path, *, archives: bool = False, labels: str = "fu
             f"dsm/dsm_09cm_matching_{tile.tile_id}.tif",
             _geotiff(dsm, None, crs=None),
         )
-        if index == 0:  # a training GT copy shipped with the images: here it differs
-            wrong = np.ascontiguousarray(variants["full"][0][::-1])
-            participants = out.add(
-                VAIHINGEN_ZIP, folder, f"gts_for_participants/{base}.tif", _plain_tiff(wrong)
-            )
+        if index == 0:  # training GT copies shipped with the images: here they differ
+            for variant, gts, name in (
+                ("full", "gts_for_participants", base),
+                ("eroded", "gts_eroded_for_participants", f"{base}_noBoundary"),
+            ):
+                wrong = np.ascontiguousarray(variants[variant][0][::-1])
+                participants[variant] = out.add(
+                    VAIHINGEN_ZIP, folder, f"{gts}/{name}.tif", _plain_tiff(wrong)
+                )
         paths = {
             "full": out.add(
                 VAIHINGEN_GT_ZIP,
@@ -396,6 +412,6 @@ def write_vaihingen_raw(root: Path, *, archives: bool = False, labels: str = "fu
         "labels": labels,
         "bands": ["NIR", "R", "G"],
         "participants": participants,
-        "distractors": ["dsm", "gts_for_participants"],
+        "distractors": ["dsm", "gts_for_participants", "gts_eroded_for_participants"],
     }
     return RawFixture(Path(root), expected, notes)

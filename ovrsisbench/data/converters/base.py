@@ -1,7 +1,8 @@
 """What a converter is: where it finds (image, label) pairs in a download, how it decodes labels.
 
-A converter module declares its dataset's facts as data (native classes, palette or value table,
-default tiling, split rule, options) and one ``find_pairs`` function; the engine
+The dataset's own facts (native classes, palette, default tiling, licence) are its registry
+entry (``ovrsisbench.data.registry``); a converter module declares how its download is laid out
+(file patterns, split rule, options) and one ``find_pairs`` function; the engine
 (``ovrsisbench.data.converters.engine``) does the reading, tiling, writing, resuming and
 verification for all of them.
 """
@@ -9,15 +10,15 @@ verification for all of them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ovrsisbench.data.converters.labels import DecodedLabel, IndexCodec
-from ovrsisbench.data.converters.tiling import Tiling
-from ovrsisbench.data.native import NATIVE_CLASSES
+from ovrsisbench.data.converters.labels import DecodedLabel, IndexCodec, PaletteCodec
+from ovrsisbench.data.registry import REGISTRY, RGB, DatasetSpec
+from ovrsisbench.data.tiling import Tiling
 from ovrsisbench.errors import DataError, UserError
 
 
@@ -108,7 +109,6 @@ class Converter:
     dataset: ClassVar[str]
     version: ClassVar[str] = "1"
     kind: ClassVar[str] = "raw"
-    default_tiling: ClassVar[Tiling] = Tiling()
     options_spec: ClassVar[dict[str, Option]] = {}
     checksums: ClassVar[dict[str, str]] = {}  # archive file name -> md5 published in the spec
     archives: ClassVar[tuple[str, ...]] = ("*",)  # fnmatch patterns of archive file names
@@ -135,8 +135,17 @@ class Converter:
         }
 
     @property
+    def spec(self) -> DatasetSpec:
+        """This dataset's registry entry."""
+        return REGISTRY[self.dataset]
+
+    @property
     def classes(self) -> tuple[str, ...]:
-        return NATIVE_CLASSES[self.dataset]
+        return self.spec.classes
+
+    @property
+    def default_tiling(self) -> Tiling:
+        return self.spec.tiling
 
     def wants_archive(self, logical: str) -> bool:
         """Whether to extract the archive at ``logical`` (others are left alone), by file name."""
@@ -159,6 +168,12 @@ class Converter:
 
     def make_codec(self) -> LabelCodec:
         raise NotImplementedError
+
+    def palette_codec(self, unlabelled: tuple[RGB, ...] = ()) -> PaletteCodec:
+        """Colour-coded labels decoded with the registry's palette and the ``tolerance`` option."""
+        assert self.spec.palette is not None, f"{self.dataset} has no palette"
+        colours = {colour: native for native, colour in enumerate(self.spec.palette)}
+        return PaletteCodec(colours, unlabelled, tolerance=self.options["tolerance"])
 
     def identity_codec(self) -> IndexCodec:
         """Index labels whose raw values are the native ids (UDD5, VDD, LoveDA)."""
@@ -188,15 +203,37 @@ def pair_files(
     return pairs, orphans
 
 
-def index_unique(files: Iterable[tuple[str, SourceFile]], what: str) -> dict[str, SourceFile]:
-    """``{key: file}``; DataError naming both files when two share a key."""
+Clash = Callable[[str, SourceFile, SourceFile], str]
+"""Why two files of a download give one key: ``(key, file, other) -> cause`` for the error."""
+
+
+def index_unique(
+    files: Iterable[tuple[str, SourceFile]], what: str, clash: Clash | None = None
+) -> dict[str, SourceFile]:
+    """``{key: file}``; DataError naming both files when two share a key, with the likely cause
+    (``clash``, by default ``same_download_twice`` or else names that must be unique)."""
     index: dict[str, SourceFile] = {}
     for key, file in files:
         other = index.setdefault(key, file)
         if other is not file:
-            raise DataError(
-                f"{file.logical}: {what} '{key}' also names {other.logical}; names must be "
-                "unique across the dataset (an archive and its extracted copy side by side? "
-                "give only one)"
-            )
+            cause = (clash or _unique_names)(key, file, other)
+            raise DataError(f"{file.logical}: {what} '{key}' also names {other.logical}; {cause}")
     return index
+
+
+def same_download_twice(file: SourceFile, other: SourceFile) -> str:
+    """The cause for two files at the same place of a download: the download is there twice."""
+    how = "an archive beside its extracted copy" if _is_copy(file, other) else "two copies of it"
+    return f"the same download twice ({how}?); give only one"
+
+
+def _is_copy(file: SourceFile, other: SourceFile) -> bool:
+    """One path ends with the other (``Train.zip/Train/x.png`` and ``Train/x.png``)."""
+    short, long = sorted((file.parts, other.parts), key=len)
+    return long[len(long) - len(short) :] == short
+
+
+def _unique_names(key: str, file: SourceFile, other: SourceFile) -> str:
+    if _is_copy(file, other):
+        return same_download_twice(file, other)
+    return "names must be unique across the dataset"

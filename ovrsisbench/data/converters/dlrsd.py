@@ -10,28 +10,8 @@ from ovrsisbench.data.converters.base import (
     index_unique,
     pair_files,
 )
-from ovrsisbench.data.converters.labels import IndexCodec, IndexOrPaletteCodec, PaletteCodec
+from ovrsisbench.data.converters.labels import IndexCodec, IndexOrPaletteCodec
 
-# RGB colour -> native id (= raw value - 1), in raw id order
-PALETTE = {
-    (166, 202, 240): 0,  # airplane
-    (128, 128, 0): 1,  # bare soil
-    (0, 0, 128): 2,  # buildings
-    (255, 0, 0): 3,  # cars
-    (0, 128, 0): 4,  # chaparral
-    (128, 0, 0): 5,  # court
-    (255, 233, 233): 6,  # dock
-    (160, 160, 164): 7,  # field
-    (0, 128, 128): 8,  # grass
-    (90, 87, 255): 9,  # mobile home
-    (255, 255, 0): 10,  # pavement
-    (255, 192, 0): 11,  # sand
-    (0, 0, 255): 12,  # sea
-    (255, 0, 192): 13,  # ship
-    (128, 0, 128): 14,  # tanks
-    (0, 255, 0): 15,  # trees
-    (0, 255, 255): 16,  # water
-}
 FIRST_VAL_NUMBER = 80  # no official split: per scene, images 00-79 train, 80-99 val
 
 _SCENE_FILE = r"(?:.*/)?(?P<scene>[a-z]+)/(?P<stem>(?P=scene)(?P<number>\d\d))\.{ext}"
@@ -54,7 +34,7 @@ class DLRSDConverter(Converter):
     def make_codec(self) -> IndexOrPaletteCodec:
         return IndexOrPaletteCodec(
             IndexCodec({raw: raw - 1 for raw in range(1, 18)}, unlabelled=(0,)),
-            PaletteCodec(PALETTE, tolerance=self.options["tolerance"]),
+            self.palette_codec(),
         )
 
     def find_pairs(self, tree: SourceTree):

@@ -32,7 +32,6 @@ from ovrsisbench.data.converters.pairs import (
     verify_outputs,
 )
 from ovrsisbench.data.converters.sources import archive_checksums, source_tree, stat_listing
-from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.data.converters.workers import Pool, Progress, pool_for, run_all
 from ovrsisbench.data.layout import (
     ALL_SPLIT,
@@ -42,6 +41,7 @@ from ovrsisbench.data.layout import (
     PreparedDataset,
 )
 from ovrsisbench.data.native import IGNORE_INDEX
+from ovrsisbench.data.tiling import Tiling
 from ovrsisbench.errors import DataError, UserError
 from ovrsisbench.io import atomic_write_text
 
@@ -217,6 +217,7 @@ def prepare_dataset(
                 "pairs": len(pairs),
                 "archives": [archive.logical for archive in archives],
                 "provenance": converter.provenance,
+                "licence": converter.spec.licence,
             },
             converter_version=converter.version,
             tiling=tiling.to_json(),

@@ -12,27 +12,7 @@ from ovrsisbench.data.converters.base import (
     pair_files,
 )
 from ovrsisbench.data.converters.labels import PaletteCodec
-from ovrsisbench.data.converters.tiling import Tiling
 
-# RGB colour -> native id (mmseg iSAIDDataset order, 0 = background)
-PALETTE = {
-    (0, 0, 0): 0,  # background
-    (0, 0, 63): 1,  # ship
-    (0, 63, 63): 2,  # storage tank
-    (0, 63, 0): 3,  # baseball diamond
-    (0, 63, 127): 4,  # tennis court
-    (0, 63, 191): 5,  # basketball court
-    (0, 63, 255): 6,  # ground track field
-    (0, 127, 63): 7,  # bridge
-    (0, 127, 127): 8,  # large vehicle
-    (0, 0, 127): 9,  # small vehicle
-    (0, 0, 191): 10,  # helicopter
-    (0, 0, 255): 11,  # swimming pool
-    (0, 191, 127): 12,  # roundabout
-    (0, 127, 191): 13,  # soccer ball field
-    (0, 127, 255): 14,  # plane
-    (0, 100, 155): 15,  # harbor
-}
 SPLITS = ("train", "val")  # test masks are withheld
 
 
@@ -44,7 +24,6 @@ def _split_of(file: SourceFile) -> str | None:
 class ISAIDConverter(Converter):
     dataset = "isaid"
     options_spec = {"tolerance": TOLERANCE}
-    default_tiling = Tiling(896, 512, "clamp")
     download = (
         "the mmseg layout: train/images/part{1,2,3}.zip, train/Semantic_masks/images.zip, "
         "val/images/part1.zip, val/Semantic_masks/images.zip (or the same extracted)"
@@ -59,7 +38,7 @@ class ISAIDConverter(Converter):
         return "test" not in [part.lower() for part in logical.split("/")[:-1]]
 
     def make_codec(self) -> PaletteCodec:
-        return PaletteCodec(PALETTE, tolerance=self.options["tolerance"])
+        return self.palette_codec()
 
     def find_pairs(self, tree: SourceTree):
         def keyed(pattern: str) -> dict[str, SourceFile]:

@@ -1,7 +1,6 @@
 """What ISPRS Potsdam and Vaihingen share: ortho tiles + colour-coded label TIFFs (spec sections
-4 and 5), the ISPRS colour code (boundary pixels of the eroded labels are black and become 255),
-label variants, tile-id splits and the default tiling that reproduces the paper's Potsdam count
-(256 px, non-overlapping, remainder dropped: 38 tiles x 23 x 23 = 20,102 patches).
+4 and 5) in the ISPRS colour code (the registry's palette; boundary pixels of the eroded labels
+are black and become 255), label variants, tile-id splits and pairing.
 """
 
 from __future__ import annotations
@@ -17,17 +16,7 @@ from ovrsisbench.data.converters.base import (
     pair_files,
 )
 from ovrsisbench.data.converters.labels import PaletteCodec
-from ovrsisbench.data.converters.tiling import Tiling
 
-# RGB colour -> native id, ISPRS order
-PALETTE = {
-    (255, 255, 255): 0,  # impervious surfaces
-    (0, 0, 255): 1,  # building
-    (0, 255, 255): 2,  # low vegetation
-    (0, 255, 0): 3,  # tree
-    (255, 255, 0): 4,  # car
-    (255, 0, 0): 5,  # clutter / background
-}
 BOUNDARY = (0, 0, 0)  # eroded labels only: unlabelled, not off-palette
 
 LABELS = Option(
@@ -39,10 +28,9 @@ LABELS = Option(
 
 
 class ISPRSConverter(Converter):
-    """Shared by Potsdam and Vaihingen: palette, options, tiling, split lists and pairing."""
+    """Shared by Potsdam and Vaihingen: options, label variants, split lists and pairing."""
 
     options_spec = {"labels": LABELS, "tolerance": TOLERANCE}
-    default_tiling = Tiling(256, 256, "drop")
     train_ids: tuple[str, ...] = ()
     val_ids: tuple[str, ...] = ()
     image_pattern = ""
@@ -52,7 +40,7 @@ class ISPRSConverter(Converter):
     def make_codec(self) -> PaletteCodec:
         # black marks the boundaries of the eroded labels only; in full labels it is off-palette
         unlabelled = (BOUNDARY,) if self.options["labels"] == "eroded" else ()
-        return PaletteCodec(PALETTE, unlabelled, tolerance=self.options["tolerance"])
+        return self.palette_codec(unlabelled)
 
     @property
     def archives(self) -> tuple[str, ...]:  # type: ignore[override]

@@ -9,10 +9,24 @@ from ovrsisbench.data.converters.base import (
     SourceTree,
     index_unique,
     pair_files,
+    same_download_twice,
 )
 from ovrsisbench.data.converters.labels import IndexCodec
 
 _FILE = r"(?:.*/)?(?P<split>train|val)/(?:urban|rural)/{folder}/(?P<id>\d+)\.png"
+
+
+def _id_clash(key: str, file: SourceFile, other: SourceFile) -> str:
+    """Outputs are named by id alone: an id in two places of Train/Val x Urban/Rural."""
+    places = sorted(f"{f.parts[-4]}/{f.parts[-3]}" for f in (file, other))
+    if places[0].lower() == places[1].lower():
+        return same_download_twice(file, other)
+    return (
+        f"id {key} is in both {places[0]} and {places[1]}, but outputs are named by id alone and "
+        "the official LoveDA never repeats an id across Train/Val and Urban/Rural: one of them "
+        "is not from the official download (a renumbered copy or another project's test "
+        "fixture?)"
+    )
 
 
 class LoveDAConverter(Converter):
@@ -41,7 +55,7 @@ class LoveDAConverter(Converter):
     def find_pairs(self, tree: SourceTree):
         def keyed(folder: str) -> dict[str, SourceFile]:
             found = tree.matching(_FILE.format(folder=folder))
-            return index_unique(((m["id"], f) for m, f in found), "image id")
+            return index_unique(((m["id"], f) for m, f in found), "image id", _id_clash)
 
         pairs, orphans = pair_files(keyed("images_png"), keyed("masks_png"))
         return [

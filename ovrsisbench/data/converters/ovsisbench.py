@@ -4,6 +4,8 @@ The archive holds, per dataset, an "all" folder of images and index labels in V1
 paper's label spaces), and for DLRSD and iSAID also ``<X>_split/{train,val}``. Pairing follows the
 official loader (top-level files with the registered extension, case-sensitive, matched by
 stem), with every pair's stem checked; labels are mapped from V1 ids back to native ids.
+Where each dataset lies in the archive is its registry entry's ``archive``
+(``ovrsisbench.data.registry``).
 """
 
 from __future__ import annotations
@@ -23,36 +25,10 @@ from ovrsisbench.data.converters.base import (
 )
 from ovrsisbench.data.converters.labels import DecodedLabel, IndexCodec
 from ovrsisbench.data.native import IGNORE_INDEX
+from ovrsisbench.data.registry import REGISTRY, ArchiveFolders
+from ovrsisbench.data.tiling import Tiling
 from ovrsisbench.errors import DataError
 
-
-@dataclass(frozen=True)
-class ArchiveFolders:
-    """Where one dataset lies in the archive, and how its V1 ids map to native ids."""
-
-    images: str  # "all" image folder, relative to the archive root
-    labels: str
-    image_ext: str  # case-sensitive, as registered
-    v1_classes: int
-    native_offset: int = 0  # native id = V1 id + offset
-    split_root: str | None = None  # <X>_split with {train,val}/{imgs|images} and D2masks
-    bands: tuple[str, ...] = ("R", "G", "B")
-
-
-FOLDERS = {
-    "dlrsd": ArchiveFolders("DLRSD/imgs", "DLRSD/D2masks", "jpg", 17, split_root="DLRSD_split"),
-    # V1 drops iSAID's background: V1 0..14 = native 1..15, background pixels are already 255
-    "isaid": ArchiveFolders("iSAID/imgs", "iSAID/D2masks", "png", 15, 1, "iSAID_split"),
-    "potsdam": ArchiveFolders("Potsdam/imgs", "Potsdam/D2masks", "png", 6),
-    # IRRG like the raw tiles (paper Fig. 2(c) shows red vegetation; unverified)
-    "vaihingen": ArchiveFolders(
-        "Vaihingen/imgs", "Vaihingen/D2masks", "png", 6, bands=("NIR", "R", "G")
-    ),
-    "uavid": ArchiveFolders("uavid/Images", "uavid/Labels", "png", 8),
-    "udd5": ArchiveFolders("UDD5/all/src", "UDD5/all/gt", "JPG", 5),
-    "loveda": ArchiveFolders("LoveDA/images_png", "LoveDA/masks_png", "png", 8),
-    "vdd": ArchiveFolders("VDD/src", "VDD/gt", "JPG", 7),
-}
 SPLIT_IMAGE_FOLDERS = ("imgs", "images")  # a third-party audit lists "images" for iSAID
 
 
@@ -94,7 +70,8 @@ class OVSISBenchImporter(Converter):
 
     @classmethod
     def for_dataset(cls, dataset: str) -> type[OVSISBenchImporter]:
-        folders = FOLDERS[dataset]
+        folders = REGISTRY[dataset].archive
+        assert folders is not None, f"{dataset} is not in the archive"
         download = (
             f"the OVSISBench root with {folders.images}/*.{folders.image_ext} and "
             f"{folders.labels}/*.png (or an archive of it)"
@@ -109,6 +86,11 @@ class OVSISBenchImporter(Converter):
         super().__init__(options)
         self.split_only: list[str] = []  # stems found only in a split folder (find_pairs)
         self.unlabelled: list[str] = []  # images without a label (find_pairs)
+
+    @property
+    def default_tiling(self) -> Tiling:
+        """Whole images: the archive's files are the paper's images as they are."""
+        return Tiling()
 
     def wants_member(self, logical: str) -> bool:
         """Members of this dataset's folders only (the archive holds all eight datasets)."""
@@ -178,4 +160,7 @@ class OVSISBenchImporter(Converter):
         return warnings
 
 
-ARCHIVE_IMPORTERS = {name: OVSISBenchImporter.for_dataset(name) for name in FOLDERS}
+ARCHIVE_IMPORTERS = {
+    name: OVSISBenchImporter.for_dataset(name) for name, spec in REGISTRY.items() if spec.archive
+}
+"""The importer class of every dataset the archive holds (registry entries with ``archive``)."""

@@ -17,7 +17,6 @@ import numpy as np
 
 from ovrsisbench.data.archives import file_digest
 from ovrsisbench.data.converters.base import Converter, SourceFile, SourcePair
-from ovrsisbench.data.converters.tiling import Tiling
 from ovrsisbench.data.layout import (
     IMAGE_SUFFIXES,
     check_label_values,
@@ -28,6 +27,8 @@ from ovrsisbench.data.layout import (
     write_label,
     write_png,
 )
+from ovrsisbench.data.native import IGNORE_INDEX
+from ovrsisbench.data.tiling import Tiling
 from ovrsisbench.errors import DataError
 from ovrsisbench.io import atomic_copy
 
@@ -122,12 +123,32 @@ def _write_whole(job: Job, image: np.ndarray, label: np.ndarray) -> list[Output]
     return [Output(pair.stem, name, pair.split, _histogram(label))]
 
 
+def cut(array: np.ndarray, tiling: Tiling, y0: int, x0: int, fill: int) -> np.ndarray:
+    """The window of ``tiling`` at (y0, x0) of ``array`` (H, W[, C]), padded with ``fill`` past
+    the border."""
+    tile = tiling.tile
+    assert tile is not None
+    crop = array[y0 : y0 + tile, x0 : x0 + tile]
+    if crop.shape[:2] == (tile, tile):
+        return np.ascontiguousarray(crop)
+    out = np.full((tile, tile, *array.shape[2:]), fill, array.dtype)
+    out[: crop.shape[0], : crop.shape[1]] = crop
+    return out
+
+
+def cut_pair(
+    tiling: Tiling, image: np.ndarray, label: np.ndarray, y0: int, x0: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The window at (y0, x0) of an image (padded with 0) and its label (padded with 255)."""
+    return cut(image, tiling, y0, x0, 0), cut(label, tiling, y0, x0, IGNORE_INDEX)
+
+
 def _write_tiles(job: Job, image: np.ndarray, label: np.ndarray) -> list[Output]:
     pair, out, tiling = job.pair, job.out, job.tiling
     outputs = []
     for y0, x0 in tiling.windows(*label.shape):
         stem = tiling.tile_stem(pair.stem, y0, x0)
-        image_tile, label_tile = tiling.cut_pair(image, label, y0, x0)
+        image_tile, label_tile = cut_pair(tiling, image, label, y0, x0)
         write_png(out / "images" / f"{stem}.png", image_tile, durable=False)
         write_label(out / "labels" / f"{stem}.png", label_tile, durable=False)
         outputs.append(Output(stem, f"{stem}.png", pair.split, _histogram(label_tile)))

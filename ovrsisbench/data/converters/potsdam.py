@@ -8,7 +8,8 @@ from ovrsisbench.data.converters.isprs import ISPRSConverter
 class PotsdamConverter(ISPRSConverter):
     dataset = "potsdam"
     stem_prefix = "top_potsdam_"
-    not_label_folders = ("5_labels_for_participants",)  # the 24-tile subset
+    # the participants' 24-tile subsets (full and eroded) share the label file names
+    not_label_folders = ("5_labels_for_participants", "5_labels_for_participants_no_boundary")
     train_ids = tuple(
         "2_10 2_11 2_12 3_10 3_11 3_12 4_10 4_11 4_12 5_10 5_11 5_12 6_10 6_11 6_12 6_7 6_8 6_9 "
         "7_10 7_11 7_12 7_7 7_8 7_9".split()

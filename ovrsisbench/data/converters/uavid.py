@@ -12,18 +12,6 @@ from ovrsisbench.data.converters.base import (
 )
 from ovrsisbench.data.converters.labels import PaletteCodec
 
-# RGB colour -> native id in the V1 order (NOT the toolkit's trainId order); an unknown colour
-# is 255 and counted, never clutter as in the official toolkit
-PALETTE = {
-    (0, 0, 0): 0,  # background clutter
-    (128, 0, 0): 1,  # building
-    (128, 64, 128): 2,  # road
-    (0, 128, 0): 3,  # tree
-    (128, 128, 0): 4,  # low vegetation
-    (64, 0, 128): 5,  # moving car
-    (192, 0, 192): 6,  # static car
-    (64, 64, 0): 7,  # human
-}
 _FRAME = r"(?:.*/)?uavid_(?P<split>train|val)/(?P<seq>seq\d+)/{folder}/(?P<frame>[^/]+)\.png"
 
 
@@ -40,7 +28,7 @@ class UAVidConverter(Converter):
     )
 
     def make_codec(self) -> PaletteCodec:
-        return PaletteCodec(PALETTE, tolerance=self.options["tolerance"])
+        return self.palette_codec()
 
     def find_pairs(self, tree: SourceTree):
         def keyed(folder: str):

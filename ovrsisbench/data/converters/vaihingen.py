@@ -9,8 +9,9 @@ class VaihingenConverter(ISPRSConverter):
     dataset = "vaihingen"
     stem_prefix = "top_mosaic_09cm_area"
     bands = ("NIR", "R", "G")  # IRRG false colour: kept, never relabelled as RGB
-    # labels share the images' file names; the participants' GT is a partial copy
-    not_label_folders = ("top", "gts_for_participants", "dsm")
+    # labels share the images' file names; the participants' GTs (full and eroded) are partial
+    # copies
+    not_label_folders = ("top", "gts_for_participants", "gts_eroded_for_participants", "dsm")
     train_ids = tuple("1 11 13 15 17 21 23 26 28 3 30 32 34 37 5 7".split())
     val_ids = tuple("6 24 35 16 14 22 10 4 2 20 8 31 33 27 38 12 29".split())
     image_pattern = r"(?:.*/)?top/top_mosaic_09cm_area(?P<id>\d+)\.tif"
@@ -35,7 +36,8 @@ class VaihingenConverter(ISPRSConverter):
     )
     notes = (
         "images are IRRG false colour (bands NIR, R, G, kept in that order; there is no true "
-        "RGB); labels from the COMPLETE ground truth (gts_for_participants is ignored)",
+        "RGB); labels from the COMPLETE ground truth (gts_for_participants and "
+        "gts_eroded_for_participants are ignored)",
         "tiling as Potsdam (256 px, non-overlapping, remainder dropped); whether this gives the "
         "paper's 2,254 patches is unverified",
     )

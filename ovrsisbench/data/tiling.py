@@ -1,11 +1,15 @@
-"""Cutting large source images into square tiles.
+"""Where square tiles lie in a large source image (the windows; ``converters.pairs`` cuts them).
+
+Light to import (no numpy): the dataset registry names each dataset's default tiling, and the
+command line reads the registry at start-up.
 
 Edge modes, for a side of length L, tile T and stride S:
 
 - ``drop``: windows at 0, S, 2S, ... that lie fully inside; the remainder is dropped (ISPRS
   Potsdam in the paper: 6000 px -> 23 tiles of 256);
-- ``clamp``: the same grid plus one last window aligned to the border (mmseg's iSAID and ISPRS
-  converters); a side shorter than T gets one window, padded;
+- ``clamp``: the same grid plus one last window aligned to the border (mmseg's iSAID converter;
+  mmseg's ISPRS converters only with T = S = 512: they step by the tile size whatever their
+  stride setting); a side shorter than T gets one window, padded;
 - ``pad``: the grid continues until the side is covered; the last window is padded.
 
 Padding is image 0 and label 255. Tiles are named ``{base}_{y0}_{y1}_{x0}_{x1}`` (the window in
@@ -16,10 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from ovrsisbench.choices import EDGE_MODES
-from ovrsisbench.data.native import IGNORE_INDEX
 from ovrsisbench.errors import UserError
 
 
@@ -64,19 +65,3 @@ class Tiling:
     def tile_stem(self, base: str, y0: int, x0: int) -> str:
         assert self.tile is not None
         return f"{base}_{y0}_{y0 + self.tile}_{x0}_{x0 + self.tile}"
-
-    def cut(self, array: np.ndarray, y0: int, x0: int, fill: int) -> np.ndarray:
-        """The window at (y0, x0) of ``array`` (H, W[, C]), padded with ``fill`` past the border."""
-        tile = self.tile
-        assert tile is not None
-        crop = array[y0 : y0 + tile, x0 : x0 + tile]
-        if crop.shape[:2] == (tile, tile):
-            return np.ascontiguousarray(crop)
-        out = np.full((tile, tile, *array.shape[2:]), fill, array.dtype)
-        out[: crop.shape[0], : crop.shape[1]] = crop
-        return out
-
-    def cut_pair(
-        self, image: np.ndarray, label: np.ndarray, y0: int, x0: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return self.cut(image, y0, x0, 0), self.cut(label, y0, x0, IGNORE_INDEX)
