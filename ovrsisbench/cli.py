@@ -58,8 +58,12 @@ app = typer.Typer(
 )
 adapters_app = typer.Typer(help="List, validate and inspect model adapters.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Inspect prepared datasets.", no_args_is_help=True)
+protocols_app = typer.Typer(
+    help="List protocols; show one with its seen and unseen classes.", no_args_is_help=True
+)
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(protocols_app, name="protocols")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -815,6 +819,26 @@ def datasets_list(data_root: DataRoot = None) -> None:
             meta.created[:10],  # the day
         )
     console.print(table)
+
+
+@protocols_app.command("list")
+def protocols_list() -> None:
+    """Show the packaged protocols: what each trains on and evaluates."""
+    from ovrsisbench.protocol import list_protocols, load_protocol
+    from ovrsisbench.protocol_view import print_protocol_list
+
+    print_protocol_list(console, [load_protocol(name) for name in list_protocols()])
+
+
+@protocols_app.command("show")
+def protocols_show(
+    protocol: Annotated[str, typer.Argument(help="Protocol name or YAML path")],
+) -> None:
+    """A protocol's entries and, per evaluation dataset, its seen and unseen classes."""
+    from ovrsisbench.protocol import load_protocol
+    from ovrsisbench.protocol_view import print_protocol
+
+    print_protocol(console, load_protocol(protocol))
 
 
 @app.command()

@@ -363,3 +363,56 @@ def test_records_of_another_vocabulary_or_protocol_get_no_scores():
     assert set(record_seen_scores(other, load_protocol("demo")).values()) == {None}
     segearth = _record("segearth", "vdd", np.eye(7, dtype=int))
     assert set(record_seen_scores(segearth, load_protocol("segearth")).values()) == {None}
+
+
+# -- ovrsisbench protocols -----------------------------------------------------------------------
+def _table_cells(out: str) -> dict[str, tuple[list[str], list[str]]]:
+    """dataset -> (seen cell lines, unseen cell lines) of ``protocols show``'s table."""
+    cells: dict[str, tuple[list[str], list[str]]] = {}
+    dataset = None
+    for line in out.splitlines():
+        if not line.startswith("│"):
+            continue
+        first, seen, unseen = (cell.strip() for cell in line.strip("│").split("│"))
+        if first and not first.endswith(" split") and not first.startswith("vocabulary "):
+            dataset = first
+            cells[dataset] = ([], [])
+        cells[dataset][0].extend([seen] if seen else [])
+        cells[dataset][1].extend([unseen] if unseen else [])
+    return cells
+
+
+@pytest.mark.parametrize("protocol", ["dlrsd", "isaid", "demo"])
+def test_protocols_show_lists_every_seen_and_unseen_class(cli, monkeypatch, protocol):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli("protocols", "show", protocol)
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0].startswith(f"protocol {protocol}: ")
+    assert all(len(line) <= 80 for line in lines if not line.startswith("file: ")), result.out
+    cells = _table_cells(result.out)
+    assert list(cells) == list(SHIPPED[protocol])
+    for dataset, (matches, unseen) in SHIPPED[protocol].items():
+        seen_lines, unseen_lines = cells[dataset]
+        assert seen_lines[0] == f"{len(matches)} seen"
+        assert unseen_lines == [f"{len(unseen)} unseen", *unseen]
+        shown = [f"{n} (as {m})" if m != n else n for n, m in matches.items()]
+        assert sorted(seen_lines[1:]) == sorted(shown), dataset
+
+
+def test_protocols_show_an_evaluation_only_protocol(cli):
+    result = cli("protocols", "show", "segearth")
+    assert result.code == 0 and "evaluation only: no class is seen or unseen" in result.out
+    assert "vaihingen-segearth" in result.out
+
+
+def test_protocols_list_and_unknown_names(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli("protocols", "list")
+    assert result.code == 0
+    assert all(len(line) <= 80 for line in result.out.splitlines())
+    names = [line.split("│")[1].strip() for line in result.out.splitlines() if line[:2] == "│ "]
+    assert [name for name in names if name] == ["demo", "dlrsd", "isaid", "segearth"]
+    assert "none (evaluation only)" in result.out
+    wrong = cli("protocols", "show", "dlrds")
+    assert wrong.code == 2 and "did you mean 'dlrsd'" in wrong.err and not wrong.out
