@@ -569,6 +569,14 @@ def leaderboard(
         ),
     ] = False,
     fwiou: Annotated[bool, typer.Option("--fwiou", help="Add fwIoU columns")] = False,
+    split_seen: Annotated[
+        bool,
+        typer.Option(
+            "--split-seen",
+            help="Add mIoU-seen, mIoU-unseen and hIoU per dataset (classes the protocol's "
+            "training vocabulary has or not; see `protocols show`), from the stored matrices",
+        ),
+    ] = False,
     policy: PolicyOption = EXCLUDE_ABSENT,
     results: ResultsDir = None,
 ) -> None:
@@ -583,7 +591,7 @@ def leaderboard(
     results_dir = results or default_results()
     proto = load_protocol(protocol)
     refused: list[str] = []
-    frame = build(proto, results_dir, with_reference, fwiou, _value(policy), refused)
+    frame = build(proto, results_dir, with_reference, fwiou, _value(policy), refused, split_seen)
     for line in refused:
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     if frame.empty:
