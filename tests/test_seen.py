@@ -416,3 +416,74 @@ def test_protocols_list_and_unknown_names(cli, monkeypatch):
     assert "none (evaluation only)" in result.out
     wrong = cli("protocols", "show", "dlrds")
     assert wrong.code == 2 and "did you mean 'dlrsd'" in wrong.err and not wrong.out
+
+
+# -- ovrsisbench show ----------------------------------------------------------------------------
+def _as_isaid_record_of_dlrsd(record: dict) -> dict:
+    """A toy record rewritten as iSAID under protocol dlrsd: a diagonal plus one pixel of each
+    class predicted as the next; plane (seen as DLRSD's airplane) has no ground truth."""
+    from ovrsisbench.metrics import compute_scores
+
+    vocabulary = load_protocol("dlrsd").select(["isaid"])[0].vocabulary
+    confusion = np.diag(np.arange(1, 16)) + np.roll(np.eye(15, dtype=np.int64), 1, axis=1)
+    confusion[13] = 0  # plane
+    scores = compute_scores(confusion)
+    per_class = {"iou": scores.iou, "acc": scores.acc, "gt_pixels": confusion.sum(1).tolist(),
+                 "pred_pixels": confusion.sum(0).tolist()}  # fmt: skip
+    vocab = {**record["vocabulary"], "name": vocabulary.name, "sha256": vocabulary.sha256}
+    return {**record, "protocol": "dlrsd", "dataset": "isaid", "vocabulary": vocab,
+            "classes": vocabulary.names(), "confusion": confusion.tolist(),
+            "per_class": per_class, "metrics": scores.summary()}  # fmt: skip
+
+
+def _last_cells(out: str) -> dict[str, str]:
+    """class -> the last cell of its row in ``show``'s per-class table."""
+    rows = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│ ")]
+    return {row[0].strip(): row[-1].strip() for row in rows}
+
+
+def test_show_marks_seen_classes_and_prints_the_seen_scores(
+    cli, monkeypatch, tmp_path, synthetic_root, toy_adapters
+):
+    import json
+
+    from tests_helpers import run_toy
+
+    monkeypatch.setenv("COLUMNS", "80")
+    [_, target] = run_toy(toy_adapters, synthetic_root, tmp_path)
+    record = json.loads(target.path.read_text())
+    path = tmp_path / "isaid.json"
+    path.write_text(json.dumps(_as_isaid_record_of_dlrsd(record)))
+    result = cli("show", path)
+    assert result.code == 0, result.err
+    scores = record_seen_scores(json.loads(path.read_text()), load_protocol("dlrsd"))
+    line = "  ".join(f"{name} {value:.2f}" for name, value in scores.items())
+    assert f"{line}  (seen: in training vocabulary dlrsd)" in result.out
+    cells = _last_cells(result.out)
+    assert [name for name, cell in cells.items() if cell == "yes"] == [
+        "ship",
+        "storage tank",
+        "plane",
+    ]
+    assert set(cells.values()) == {"yes", "no"} and len(cells) == 15  # no row wraps at 80
+    assert "seen: under other names in dlrsd: storage tank = tanks, plane = airplane" in result.out
+
+    demo = cli("show", target.path)
+    assert "mIoU-seen" in demo.out and _last_cells(demo.out)["car"] == "no"
+    assert "under other names" not in demo.out
+
+
+def test_show_without_a_known_protocol_has_no_seen_column(
+    cli, tmp_path, synthetic_root, toy_adapters
+):
+    import json
+
+    from tests_helpers import run_toy
+
+    [_, target] = run_toy(toy_adapters, synthetic_root, tmp_path)
+    record = {**json.loads(target.path.read_text()), "protocol": "my-own"}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(record))
+    result = cli("show", path)
+    assert result.code == 0 and "mIoU-seen" not in result.out
+    assert "┃ seen ┃" not in result.out and "│ yes  │" not in result.out
