@@ -58,8 +58,12 @@ app = typer.Typer(
 )
 adapters_app = typer.Typer(help="List, validate and inspect model adapters.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Inspect prepared datasets.", no_args_is_help=True)
+protocols_app = typer.Typer(
+    help="List protocols; show one with its seen and unseen classes.", no_args_is_help=True
+)
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(protocols_app, name="protocols")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -574,6 +578,14 @@ def leaderboard(
         ),
     ] = False,
     fwiou: Annotated[bool, typer.Option("--fwiou", help="Add fwIoU columns")] = False,
+    split_seen: Annotated[
+        bool,
+        typer.Option(
+            "--split-seen",
+            help="Add mIoU-seen, mIoU-unseen and hIoU per dataset (classes the protocol's "
+            "training vocabulary has or not; see `protocols show`), from the stored matrices",
+        ),
+    ] = False,
     policy: PolicyOption = EXCLUDE_ABSENT,
     results: ResultsDir = None,
 ) -> None:
@@ -588,7 +600,7 @@ def leaderboard(
     results_dir = results or default_results()
     proto = load_protocol(protocol)
     refused: list[str] = []
-    frame = build(proto, results_dir, with_reference, fwiou, _value(policy), refused)
+    frame = build(proto, results_dir, with_reference, fwiou, _value(policy), refused, split_seen)
     for line in refused:
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     if frame.empty:
@@ -824,6 +836,26 @@ def datasets_list(data_root: DataRoot = None) -> None:
             meta.created[:10],  # the day
         )
     console.print(table)
+
+
+@protocols_app.command("list")
+def protocols_list() -> None:
+    """Show the packaged protocols: what each trains on and evaluates."""
+    from ovrsisbench.protocol import list_protocols, load_protocol
+    from ovrsisbench.protocol_view import print_protocol_list
+
+    print_protocol_list(console, [load_protocol(name) for name in list_protocols()])
+
+
+@protocols_app.command("show")
+def protocols_show(
+    protocol: Annotated[str, typer.Argument(help="Protocol name or YAML path")],
+) -> None:
+    """A protocol's entries and, per evaluation dataset, its seen and unseen classes."""
+    from ovrsisbench.protocol import load_protocol
+    from ovrsisbench.protocol_view import print_protocol
+
+    print_protocol(console, load_protocol(protocol))
 
 
 @app.command()

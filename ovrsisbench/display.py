@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import takewhile
 from typing import Any
@@ -235,12 +235,20 @@ def split_columns(
     return greedy
 
 
-def print_frame(console: Console, frame: Any, title: str, key: list[str]) -> None:
+def print_frame(
+    console: Console,
+    frame: Any,
+    title: str,
+    key: list[str],
+    missing: Mapping[str, str] | None = None,
+) -> None:
     """Print a pandas ``frame`` as tables that fit the console: one table when it fits;
     otherwise a first table of the text columns and the number columns named in ``key``, then
     the other number columns in groups next to the text columns named in ``key``, with a ``#``
     column numbering the rows so that the tables can be read together. Text columns with one
-    value in every row are said once, under the first table."""
+    value in every row are said once, under the first table. A missing value shows as empty,
+    or as ``missing[column]``."""
+    marks = missing or {}
     numbers = [c for c in frame.columns if _numeric(frame[c])]
     shared = [
         c
@@ -256,7 +264,8 @@ def print_frame(console: Console, frame: Any, title: str, key: list[str]) -> Non
             [_header(c) for c in columns], [c == "#" or c in numbers for c in columns], None, widths
         )
         for row in numbered[columns].itertuples(index=False):
-            table.add_row(*(format_number(value) for value in row))
+            cells = zip(columns, row, strict=True)
+            table.add_row(*(format_number(value) or marks.get(c, "") for c, value in cells))
         return table
 
     said = [c for c in shared if not _is_missing(frame[c].iloc[0]) and frame[c].iloc[0] != ""]

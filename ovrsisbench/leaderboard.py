@@ -1,9 +1,10 @@
 """Leaderboards built only from result records, plus clearly marked published reference rows.
 
 One row per (model, options, weights, data source: raw download, OVSISBench archive or
-synthetic); per dataset of the protocol its mIoU and mACC (fwIoU on
-request); the mean over the protocol's datasets when every dataset has a record; rank by mean
-mIoU. Every number of ours is read from a record file, so it can be traced and recomputed.
+synthetic); per dataset of the protocol its mIoU and mACC (fwIoU, and mIoU-seen / mIoU-unseen /
+hIoU of ``ovrsisbench.seen``, on request); the mean over the protocol's datasets when every
+dataset has a record; rank by mean mIoU. Every number of ours is read from a record file, so
+it can be traced and recomputed.
 Submissions in ``<results>/submissions/`` add rows marked "submitted" once they verify
 (``ovrsisbench.submission``); the others are refused with their reason.
 """
@@ -11,6 +12,7 @@ Submissions in ``<results>/submissions/`` add rows marked "submitted" once they 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,6 +35,7 @@ from ovrsisbench.results import (
     distinguishing_options,
     weights_label,
 )
+from ovrsisbench.seen import SEEN_METRICS, protocol_seen_splits, record_seen_scores
 from ovrsisbench.submission import SUBMISSIONS_DIR, read_submission
 
 REFERENCE_FILE = "rsktseg_table1.csv"
@@ -44,6 +47,9 @@ METRICS = ("mIoU", "mACC", "fwIoU")
 TERMINAL_KEY = ("rank", "model", "mean mIoU", "mean mACC")
 #: Markdown shows one table per metric when a protocol has more per-dataset columns than this
 MARKDOWN_METRIC_COLUMNS = 8
+#: a seen / unseen score without a value: no seen (or unseen) class, every one of them absent,
+#: no matrix (published rows) or no record; never shown as 0
+UNDEFINED = "-"
 
 
 @dataclass
@@ -54,7 +60,8 @@ class Row:
     config: str
     weights: str  # short hash (and training run) of ours and submitted rows; "" when published
     kind: str  # "ours (<data source> data)" or "published (<source>)"
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> metric -> x100
+    #: dataset -> metric -> x100 (None: undefined, e.g. mIoU-unseen without an unseen class)
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     created: dict[str, str] = field(default_factory=dict)
     stated_means: dict[str, float] | None = None  # published rows state their own means
 
@@ -71,9 +78,11 @@ def rows_from_records(
     store: ResultStore,
     policy: str = DEFAULT_POLICY,
     submissions: list[list[dict[str, Any]]] = (),
+    split_seen: bool = False,
 ) -> list[Row]:
     """Rows of our own results for ``protocol`` (only records matching its current entries),
-    then one row per verified submission (its records, kind ``submitted``)."""
+    then one row per verified submission (its records, kind ``submitted``); with
+    ``split_seen``, also each record's mIoU-seen, mIoU-unseen and hIoU."""
     wanted = {key: key[0] for key in _entry_keys(protocol)}
     matching: list[tuple[str, dict[str, Any]]] = []
     for _path, record in store.iter_records():
@@ -106,6 +115,8 @@ def rows_from_records(
         if record["created"] >= row.created.get(dataset, ""):  # newest record wins
             row.created[dataset] = record["created"]
             row.metrics[dataset] = record_metrics(record, policy)
+            if split_seen:
+                row.metrics[dataset] |= record_seen_scores(record, protocol, policy)
     return list(rows.values())
 
 
@@ -175,18 +186,41 @@ def _mean(row: Row, datasets: list[str], metric: str) -> float | None:
     if row.stated_means is not None:
         return row.stated_means.get(metric)
     values = [row.metrics.get(d, {}).get(metric) for d in datasets]
-    if any(v is None for v in values):
+    if not values or any(v is None for v in values):
         return None
     return sum(values) / len(values)
 
 
-def leaderboard_frame(
-    protocol: Protocol, rows: list[Row], with_fwiou: bool = False
-) -> pd.DataFrame:
-    """The table: rank, the ``ROW_COLUMNS`` (model, config, weights, kind), per-dataset metrics,
-    means (NaN = missing)."""
+def _mean_columns(protocol: Protocol, split_seen: bool) -> dict[str, tuple[str, list[str]]]:
+    """Mean column -> (metric, the datasets it averages): mIoU and mACC over every dataset;
+    with ``split_seen``, each seen / unseen score over the datasets whose split can define it,
+    counted in the name ("mean hIoU (7)"), so that a dataset without unseen classes neither
+    counts as 0 nor leaves every row without a mean."""
     datasets = [entry.dataset for entry in protocol.evaluation]
-    metrics = list(METRICS if with_fwiou else METRICS[:2])
+    means = {f"mean {metric}": (metric, datasets) for metric in ("mIoU", "mACC")}
+    if split_seen:
+        splits = protocol_seen_splits(protocol)
+        for metric in SEEN_METRICS:
+            defined = [d for d in datasets if d in splits and splits[d].defines(metric)]
+            means[f"mean {metric} ({len(defined)})"] = (metric, defined)
+    return means
+
+
+def column_metric(column: str) -> str:
+    """The metric of a column: "<dataset> <metric>" or "mean <metric>[ (<count>)]"."""
+    return re.sub(r" \(\d+\)$", "", column).rpartition(" ")[2]
+
+
+def leaderboard_frame(
+    protocol: Protocol, rows: list[Row], with_fwiou: bool = False, split_seen: bool = False
+) -> pd.DataFrame:
+    """The table: rank, the ``ROW_COLUMNS`` (model, config, weights, kind), per-dataset metrics
+    (with ``split_seen`` also ``SEEN_METRICS``), means (NaN = missing)."""
+    datasets = [entry.dataset for entry in protocol.evaluation]
+    metrics = list(METRICS if with_fwiou else METRICS[:2]) + list(
+        SEEN_METRICS if split_seen else []
+    )
+    means = _mean_columns(protocol, split_seen)
     table = []
     for row in rows:
         line: dict[str, Any] = {
@@ -198,11 +232,11 @@ def leaderboard_frame(
         for dataset in datasets:
             for metric in metrics:
                 line[f"{dataset} {metric}"] = row.metrics.get(dataset, {}).get(metric)
-        line["mean mIoU"] = _mean(row, datasets, "mIoU")
-        line["mean mACC"] = _mean(row, datasets, "mACC")
+        for column, (metric, averaged) in means.items():
+            line[column] = _mean(row, averaged, metric)
         table.append(line)
     columns = [*ROW_COLUMNS, *(f"{d} {m}" for d in datasets for m in metrics)]
-    frame = pd.DataFrame(table, columns=[*columns, "mean mIoU", "mean mACC"])
+    frame = pd.DataFrame(table, columns=[*columns, *means])
     frame = frame.astype({c: "float64" for c in frame.columns[len(ROW_COLUMNS) :]})
     frame = frame.sort_values(["mean mIoU", "model"], ascending=[False, True], na_position="last")
     frame.insert(0, "rank", frame["mean mIoU"].rank(ascending=False, method="min").astype("Int64"))
@@ -214,28 +248,40 @@ def _markdown_cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def undefined_marks(frame: pd.DataFrame) -> dict[str, str]:
+    """The text of a missing value in each seen / unseen column (``UNDEFINED``)."""
+    return {c: UNDEFINED for c in frame.columns if column_metric(c) in SEEN_METRICS}
+
+
 def render(frame: pd.DataFrame, fmt: str, heading: str = "###") -> str:
     """CSV (full precision, empty = missing) or Markdown (2 decimals, empty = missing, numbers
     right-aligned; with more than ``MARKDOWN_METRIC_COLUMNS`` per-dataset columns, one table
-    per metric under a ``heading`` line, so that wide protocols stay readable)."""
+    per metric under a ``heading`` line, so that wide protocols stay readable). In both, a seen
+    / unseen score without a value is ``UNDEFINED``."""
     if fmt == "csv":
-        return frame.to_csv(index=False)
-    metrics = [m for m in METRICS if any(c.endswith(f" {m}") for c in frame.columns)]
+        marks = undefined_marks(frame)
+        return frame.astype(dict.fromkeys(marks, object)).fillna(marks).to_csv(index=False)
+    shown = [column_metric(c) for c in frame.columns]
+    metrics = [m for m in (*METRICS, *SEEN_METRICS) if m in shown]
     head = ["rank", *ROW_COLUMNS]
     per_dataset = [c for c in frame.columns if c not in head and not c.startswith("mean ")]
     if len(per_dataset) <= MARKDOWN_METRIC_COLUMNS or len(metrics) < 2:
         return _markdown_table(frame)
     return "\n\n".join(
         f"{heading} {metric}\n\n"
-        + _markdown_table(frame[head + [c for c in frame.columns if c.endswith(f" {metric}")]])
+        + _markdown_table(frame[head + [c for c in frame.columns if column_metric(c) == metric]])
         for metric in metrics
     )
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
     numbers = [c for c in frame.columns if c not in ROW_COLUMNS]
+    marks = undefined_marks(frame)
     cells = [
-        [_markdown_cell(format_number(value)) for value in row]
+        [
+            _markdown_cell(format_number(value) or marks.get(column, ""))
+            for column, value in zip(frame.columns, row, strict=True)
+        ]
         for row in frame.itertuples(index=False)
     ]
     return tabulate(
@@ -254,15 +300,23 @@ def build(
     with_fwiou: bool = False,
     policy: str = DEFAULT_POLICY,
     refused: list[str] | None = None,
+    split_seen: bool = False,
 ) -> pd.DataFrame:
     """The leaderboard of ``protocol`` from the records and verified submissions under
-    ``results_dir`` (refused submissions are described in ``refused``).
+    ``results_dir`` (refused submissions are described in ``refused``); ``split_seen`` adds
+    mIoU-seen, mIoU-unseen and hIoU, computed from the stored matrices.
 
     Published rows follow the default policy (detectron2's); with another ``policy`` they are
     left out rather than shown next to numbers computed differently.
     """
+    if split_seen and protocol.train is None:
+        raise UserError(
+            f"protocol {protocol.name!r} is evaluation-only: without a training vocabulary no "
+            "class is seen or unseen (drop --split-seen, or choose e.g. dlrsd or isaid)"
+        )
     submissions = verified_submissions(protocol, results_dir, refused)
-    rows = rows_from_records(protocol, ResultStore(results_dir), policy, submissions)
+    store = ResultStore(results_dir)
+    rows = rows_from_records(protocol, store, policy, submissions, split_seen)
     if with_reference and policy != DEFAULT_POLICY:
         raise UserError(
             f"published rows use the '{DEFAULT_POLICY}' policy; drop --with-reference "
@@ -270,12 +324,19 @@ def build(
         )
     if with_reference:
         rows += reference_rows(protocol)
-    return leaderboard_frame(protocol, rows, with_fwiou)
+    return leaderboard_frame(protocol, rows, with_fwiou, split_seen)
 
 
 def print_leaderboard(console: Console, frame: pd.DataFrame, title: str) -> None:
     """The leaderboard as terminal tables that fit the console's width (``print_frame``)."""
-    print_frame(console, frame, title, list(TERMINAL_KEY))
+    marks = undefined_marks(frame)
+    print_frame(console, frame, title, list(TERMINAL_KEY), marks)
+    if marks:
+        note = (
+            f"seen: classes of the protocol's training vocabulary (`ovrsisbench protocols show`); "
+            f"{UNDEFINED}: no value (no seen or no unseen class, all of them absent, or no matrix)"
+        )
+        console.print(note, markup=False, highlight=False)
 
 
 def protocols_with_records(results_dir: Path) -> list[str]:

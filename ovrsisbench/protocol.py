@@ -9,7 +9,8 @@ classes through one lookup table; native classes no entry covers are ignored (25
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from ovrsisbench.io import json_sha256
 SPLITS = ("train", "val", "all")
 YAML_SUFFIXES = (".yaml", ".yml")
 _VOCAB_KEYS = ("dataset", "description", "native_classes", "classes")
-_VOCAB_OPTIONAL = ("background",)
+_VOCAB_OPTIONAL = ("background", "seen_as")
 _BACKGROUND_KEYS = ("class", "threshold")
 _CLASS_KEYS = ("name", "prompts", "native")
 _PROTOCOL_KEYS = ("name", "description", "evaluation")
@@ -63,6 +64,10 @@ class Vocabulary:
     path: Path
     #: The optional rejection rule of models that apply one (``background`` in the file).
     background: BackgroundRule | None = None
+    #: ``seen_as`` in the file: training vocabulary name -> {class of this file: the training
+    #: class it is, or None = never seen}, for names that differ (``ovrsisbench.seen``). Not
+    #: part of ``sha256``: it says how to read results, not how they are made.
+    seen_as: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict, compare=False)
 
     @property
     def sha256(self) -> str:
@@ -90,6 +95,20 @@ class Vocabulary:
     def names(self) -> list[str]:
         """Display names of the scored classes, in score order."""
         return [c.name for c in self.classes]
+
+    def seen_overrides(self, training: Vocabulary) -> dict[str, str | None]:
+        """This file's ``seen_as`` entry for ``training`` (class -> training class or None); a
+        DataError naming this file when it names a class ``training`` does not have."""
+        overrides = dict(self.seen_as.get(training.name, {}))
+        known = training.names()
+        for name, target in overrides.items():
+            if target is not None and target not in known:
+                raise DataError(
+                    f"{self.path}: seen_as: {training.name}: class {name!r} is seen as "
+                    f"{target!r}, which is not a class of vocabulary {training.name!r} "
+                    f"({training.path}){did_you_mean(target, known)}"
+                )
+        return overrides
 
     def prompts(self) -> list[list[str]]:
         """Prompt names per scored class (what ``Adapter.set_vocabulary`` takes)."""
@@ -306,7 +325,43 @@ def _parse_vocabulary(path: Path) -> Vocabulary:
         classes=classes,
         path=path,
         background=None if background is None else _background(background, classes, path),
+        seen_as=_seen_as(data.get("seen_as", {}), classes, path),
     )
+
+
+def _seen_as(value: Any, classes: tuple[VocabClass, ...], path: Path) -> dict:
+    """``seen_as: {<training vocabulary>: {<class of this file>: <training class> | null}}``.
+
+    The training classes are checked against the training vocabulary when a protocol pairs
+    the two (``Vocabulary.seen_overrides``); here, this file's side and the vocabulary names.
+    """
+    where = f"{path}: seen_as"
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected a mapping of training vocabulary -> classes")
+    vocabularies = list_vocabularies(path.parent)
+    names = [c.name for c in classes]
+    overrides: dict[str, dict[str, str | None]] = {}
+    for training, entries in value.items():
+        if training not in vocabularies:
+            raise DataError(
+                f"{where}: unknown training vocabulary {training!r}"
+                f"{did_you_mean(str(training), vocabularies)}"
+            )
+        if not isinstance(entries, dict) or not entries:
+            raise DataError(f"{where}: {training}: expected a mapping of class -> training class")
+        for name, target in entries.items():
+            if name not in names:
+                raise DataError(
+                    f"{where}: {training}: {name!r} is not a class of this vocabulary"
+                    f"{did_you_mean(str(name), names)}"
+                )
+            if target is not None and (not isinstance(target, str) or not target.strip()):
+                raise DataError(
+                    f"{where}: {training}: class {name!r}: expected a training class name or "
+                    f"null (never seen), got {target!r}"
+                )
+        overrides[training] = dict(entries)
+    return overrides
 
 
 def _background(value: Any, classes: tuple[VocabClass, ...], path: Path) -> BackgroundRule:
@@ -377,10 +432,12 @@ def _parse_protocol(path: Path, search_dir: Path | None) -> Protocol:
     evaluation = tuple(
         _entry(item, f"{path}: evaluation {i}", search_dir) for i, item in enumerate(items)
     )
-    seen = [e.dataset for e in evaluation]
-    repeated = next((d for i, d in enumerate(seen) if d in seen[:i]), None)
+    listed = [e.dataset for e in evaluation]
+    repeated = next((d for i, d in enumerate(listed) if d in listed[:i]), None)
     if repeated:
         raise UserError(f"{path}: evaluation lists dataset {repeated!r} twice")
+    for entry in evaluation if train is not None else ():
+        entry.vocabulary.seen_overrides(train.vocabulary)  # a bad seen_as fails the load
     return Protocol(
         name=_text(data["name"], f"{path}: name"),
         description=_text(data["description"], f"{path}: description"),

@@ -1,5 +1,7 @@
 """What ``ovrsisbench show`` prints: result records picked by model and dataset, each with its
-headline numbers and its per-class IoU and accuracy (as mmseg prints after a test)."""
+headline numbers and its per-class IoU and accuracy (as mmseg prints after a test); when the
+record's protocol is known and trains on a vocabulary, also its mIoU-seen / mIoU-unseen / hIoU
+and which classes are seen (``ovrsisbench.seen``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from rich.console import Console
 
 from ovrsisbench.display import format_number, new_table
 from ovrsisbench.errors import UserError, did_you_mean
+from ovrsisbench.protocol import Protocol, list_protocols, load_protocol
 from ovrsisbench.results import ResultStore, data_source, weights_label
+from ovrsisbench.seen import SEEN_METRICS, SeenSplit, record_seen_scores, record_seen_split
 
 HEADLINE = ("mIoU", "fwIoU", "mACC", "pACC")
 
@@ -80,9 +84,33 @@ def per_class_scores(record: dict[str, Any], policy: str) -> tuple[dict[str, Any
     return scores.summary(), {**record["per_class"], "iou": scores.iou, "acc": scores.acc}
 
 
+def known_protocol(record: dict[str, Any]) -> Protocol | None:
+    """The packaged protocol the record names, if there is one (a protocol given as a file is
+    not known from its name alone)."""
+    name = record["protocol"]
+    return load_protocol(name) if name in list_protocols() else None
+
+
+def seen_view(record: dict[str, Any], policy: str) -> tuple[SeenSplit, str, str] | None:
+    """For a record of a known protocol that trains on a vocabulary: its seen / unseen split,
+    the line of its seen scores, and a note on the classes training names differently ('' if
+    none). None for other records."""
+    protocol = known_protocol(record)
+    split = record_seen_split(record, protocol) if protocol else None
+    if protocol is None or protocol.train is None or split is None:
+        return None
+    training = protocol.train.vocabulary.name
+    scores = record_seen_scores(record, protocol, policy)
+    values = "  ".join(f"{m} {format_number(scores[m]) or '-'}" for m in SEEN_METRICS)
+    pairs = [f"{name} = {match}" for name, match in split.matches.items() if match != name]
+    renamed = f"seen: under other names in {training}: {', '.join(pairs)}" if pairs else ""
+    return split, f"{values}  (seen: in training vocabulary {training})", renamed
+
+
 def print_record(console: Console, path: Path, record: dict[str, Any], policy: str) -> None:
     """One record: what it is, its headline numbers under ``policy``, its per-class table."""
     metrics, per_class = per_class_scores(record, policy)
+    split, seen_line, renamed = seen_view(record, policy) or (None, "", "")
     options = " ".join(f"{k}={v}" for k, v in record["options"].items()) or "none"
     lines = [
         f"{record['model']} on {record['dataset']} ({record['split']} split, "
@@ -91,12 +119,14 @@ def print_record(console: Console, path: Path, record: dict[str, Any], policy: s
         f"options: {options}",
         f"weights: {weights_label(record)}",
         "  ".join(f"{m} {format_number(metrics.get(m))}" for m in HEADLINE) + f"  ({policy})",
+        seen_line,
         f"record: {path}",
     ]
-    for line in lines:
+    for line in filter(None, lines):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    columns = ("class", "IoU", "Acc", "GT pixels", "predicted pixels")
-    table = new_table(columns, [False, True, True, True, True])
+    columns = ("class", "IoU", "Acc", "GT pixels", "predicted pixels", "seen")
+    columns = columns if split else columns[:-1]
+    table = new_table(columns, [False, True, True, True, True, False][: len(columns)])
     rows = zip(
         record["classes"],
         per_class["iou"],
@@ -112,12 +142,13 @@ def print_record(console: Console, path: Path, record: dict[str, Any], policy: s
             "-" if acc is None else format_number(acc),
             f"{gt:,}",
             f"{predicted:,}",
+            *([("yes" if split.is_seen(name) else "no")] if split else []),
         )
     console.print(table)
+    notes = [renamed]
     if any(iou is None for iou in per_class["iou"]):
-        console.print(
-            "-: left out of the means under this policy (no ground-truth pixel of the class)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+        notes.append(
+            "-: left out of the means under this policy (no ground-truth pixel of the class)"
         )
+    for note in filter(None, notes):
+        console.print(note, markup=False, highlight=False, soft_wrap=True)

@@ -108,3 +108,93 @@ def test_wide_markdown_is_one_table_per_metric(tmp_path):
         assert metrics == {metric}, header
         assert f"mean {metric}" in header and "dlrsd" in header and "vdd" in header
     assert render(build(load_protocol("demo"), tmp_path), "md").count("###") == 0
+
+
+# -- mIoU-seen, mIoU-unseen and hIoU (--split-seen) ------------------------------------------------
+TARGET_SEEN = ("background", "building", "road", "water")  # demo: synthetic-source's classes
+
+
+def _seen_unseen(record: dict) -> tuple[float, float]:
+    """Means of the record's stored per-class IoUs over the seen and the unseen classes."""
+    iou = dict(zip(record["classes"], record["per_class"]["iou"], strict=True))
+    seen = [iou[c] for c in record["classes"] if c in TARGET_SEEN and iou[c] is not None]
+    unseen = [iou[c] for c in record["classes"] if c not in TARGET_SEEN and iou[c] is not None]
+    return sum(seen) / len(seen), sum(unseen) / len(unseen)
+
+
+def test_split_seen_columns_come_from_the_stored_matrices(synthetic_root, tmp_path, toy_adapters):
+    outcomes = run_toy(toy_adapters, synthetic_root, tmp_path)
+    records = {o.dataset: o.record for o in outcomes}
+    assert not any("hIoU" in o.path.read_text() for o in outcomes)  # nothing new is stored
+    assert "synthetic-target hIoU" not in build(load_protocol("demo"), tmp_path).columns
+    frame = build(load_protocol("demo"), tmp_path, split_seen=True)
+    row = frame.iloc[0]
+    seen, unseen = _seen_unseen(records["synthetic-target"])
+    assert row["synthetic-target mIoU-seen"] == pytest.approx(seen)
+    assert row["synthetic-target mIoU-unseen"] == pytest.approx(unseen)
+    assert row["synthetic-target hIoU"] == pytest.approx(2 * seen * unseen / (seen + unseen))
+    # the source domain is the training set: every class seen, no unseen score
+    assert row["synthetic-source mIoU-seen"] == pytest.approx(
+        records["synthetic-source"]["metrics"]["mIoU"]
+    )
+    assert math.isnan(row["synthetic-source mIoU-unseen"]) and math.isnan(
+        row["synthetic-source hIoU"]
+    )
+    # means over the datasets that define the score, their number in the header
+    means = [c for c in frame.columns if c.startswith("mean ")]
+    assert means == [
+        "mean mIoU",
+        "mean mACC",
+        "mean mIoU-seen (2)",
+        "mean mIoU-unseen (1)",
+        "mean hIoU (1)",
+    ]
+    both = (row["synthetic-source mIoU-seen"] + row["synthetic-target mIoU-seen"]) / 2
+    assert row["mean mIoU-seen (2)"] == pytest.approx(both)
+    assert row["mean hIoU (1)"] == row["synthetic-target hIoU"]
+
+
+def test_split_seen_policy_recomputes_from_the_matrix(synthetic_root, tmp_path, toy_adapters):
+    from ovrsisbench.seen import record_seen_scores
+
+    [_, target] = run_toy(toy_adapters, synthetic_root, tmp_path)
+    frame = build(load_protocol("demo"), tmp_path, policy="mmseg", split_seen=True)
+    expected = record_seen_scores(target.record, load_protocol("demo"), "mmseg")
+    assert frame.loc[0, "synthetic-target mIoU-unseen"] == pytest.approx(expected["mIoU-unseen"])
+
+
+def test_undefined_scores_are_dashes_never_zero(cli, synthetic_root, tmp_path, toy_adapters):
+    run_toy(toy_adapters, synthetic_root, tmp_path)
+    out = tmp_path / "board.csv"
+    done = cli("leaderboard", "--protocol", "demo", "--results", tmp_path, "--split-seen",
+               "--format", "csv", "--out", out)  # fmt: skip
+    assert done.code == 0, done.err
+    table = pd.read_csv(out, keep_default_na=False)
+    assert (table["synthetic-source mIoU-unseen"] == "-").all()
+    assert (table["synthetic-source hIoU"] == "-").all()
+    assert float(table.loc[0, "synthetic-target hIoU"]) > 0
+    markdown = cli("leaderboard", "--protocol", "demo", "--results", tmp_path, "--split-seen",
+                   "--format", "md").out  # fmt: skip
+    hiou = markdown.split("### hIoU")[1].splitlines()
+    assert [cell.strip() for cell in hiou[4].strip("|").split("|")][5] == "-"
+    printed = cli("leaderboard", "--protocol", "demo", "--results", tmp_path, "--split-seen",
+                  "--format", "table")  # fmt: skip
+    rows = [line.split("│") for line in printed.out.splitlines() if line.startswith("│ 1 │")]
+    assert "mIoU-unseen" in printed.out and any(c.strip() == "-" for row in rows for c in row)
+
+
+def test_published_rows_have_no_seen_scores(tmp_path):
+    for protocol, counts in (("dlrsd", (8, 7, 7)), ("isaid", (2, 7, 1))):
+        frame = build(load_protocol(protocol), tmp_path, with_reference=True, split_seen=True)
+        names = ("mIoU-seen", "mIoU-unseen", "hIoU")
+        means = [f"mean {name} ({count})" for name, count in zip(names, counts, strict=True)]
+        assert [c for c in frame.columns if c.startswith("mean ")][2:] == means
+        seen_columns = [c for c in frame.columns if c.rpartition(" ")[2] in names]
+        assert frame[seen_columns + means].isna().all().all()
+        hiou = render(frame, "md").split("### hIoU")[1].splitlines()[4]
+        assert "-" in hiou and " 0.00 " not in hiou
+
+
+def test_split_seen_needs_a_training_vocabulary(cli, tmp_path):
+    done = cli("leaderboard", "--protocol", "segearth", "--results", tmp_path, "--split-seen")
+    assert done.code == 2 and "evaluation-only" in done.err and "--split-seen" in done.err

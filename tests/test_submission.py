@@ -499,3 +499,20 @@ def test_provenance_is_the_class_s_own_not_inherited():
     assert mine["source_url"] is None and mine["licence"] is None
     builtin = AdapterEntry("maskclip", "built-in", MaskCLIPAdapter).provenance()
     assert builtin["source_url"] == MaskCLIPAdapter.source_url
+
+
+def test_submitted_rows_get_seen_scores(genuine, tmp_path):
+    from ovrsisbench.leaderboard import build
+
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    (folder / "genuine.json").write_text(json.dumps(genuine))
+    frame = build(load_protocol("demo"), tmp_path, split_seen=True)
+    [row] = [row for _, row in frame.iterrows() if row["kind"].startswith("submitted")]
+    [target] = [
+        i["record"] for i in genuine["records"] if i["record"]["dataset"] == "synthetic-target"
+    ]
+    iou = dict(zip(target["classes"], target["per_class"]["iou"], strict=True))
+    unseen = [iou[c] for c in ("car", "field") if iou[c] is not None]
+    assert row["synthetic-target mIoU-unseen"] == pytest.approx(sum(unseen) / len(unseen))
+    assert row["mean hIoU (1)"] == row["synthetic-target hIoU"] >= 0
