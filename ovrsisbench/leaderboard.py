@@ -57,6 +57,8 @@ class Row:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # dataset -> metric -> x100
     created: dict[str, str] = field(default_factory=dict)
     stated_means: dict[str, float] | None = None  # published rows state their own means
+    #: dataset -> the record its metrics come from (ours and submitted rows; for figures)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def record_metrics(record: dict[str, Any], policy: str) -> dict[str, float]:
@@ -106,6 +108,7 @@ def rows_from_records(
         if record["created"] >= row.created.get(dataset, ""):  # newest record wins
             row.created[dataset] = record["created"]
             row.metrics[dataset] = record_metrics(record, policy)
+            row.records[dataset] = record
     return list(rows.values())
 
 
