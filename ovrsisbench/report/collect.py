@@ -140,11 +140,12 @@ def collect(
     refused: list[str] = []
     submissions = verified_submissions(protocol, results_dir, refused)
     store = ResultStore(results_dir)
-    rows = _select(rows_from_records(protocol, store, submissions=submissions), models)
+    rows = rows_from_records(protocol, store, submissions=submissions)
     if not rows:
         others = [name for name in protocols_with_records(results_dir) if name != protocol.name]
         hint = f"; records exist for protocol {', '.join(others)}" if others else ""
         raise UserError(f"no result records of protocol {protocol.name} in {results_dir}{hint}")
+    rows = _select(rows, models)
     leaderboard = leaderboard_frame(protocol, rows + reference_rows(protocol))
     labels = _labels(rows)
     ranked = [
@@ -167,7 +168,7 @@ def _select(rows: list[Row], models: list[str] | None) -> list[Row]:
         if name not in known:
             raise UserError(
                 f"--models: no records of model {name!r}{did_you_mean(name, known)}; "
-                f"models with records: {', '.join(known) or 'none'}"
+                f"models with records: {', '.join(known)}"
             )
     return [row for row in rows if row.model in models]
 
