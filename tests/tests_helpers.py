@@ -53,3 +53,51 @@ def batched_and_sequential(model, images, text):
         finally:
             model.batched_rotations = True
     return batched, sequential
+
+
+#: the toy models of the report's tests: three rows on the demo protocol
+REPORT_MODELS = (
+    "toy_adapters:ColourAdapter",
+    "toy_adapters:DeafAdapter",
+    "toy_adapters:NoopAdapter",
+)
+
+
+def add_saved_predictions(results: Path, data_root: Path, count: int) -> None:
+    """Give every record under ``results`` the ``predictions`` of its first ``count`` images,
+    as ``evaluate(..., save_predictions=N)`` writes them: the argmax of the record's model as
+    indexed PNGs beside the record, listed with their SHA-256 (until the evaluator does it)."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import torch
+
+    from ovrsisbench.data.layout import open_dataset
+    from ovrsisbench.io import atomic_write_bytes
+    from ovrsisbench.palette import class_colours, indexed_png
+    from ovrsisbench.registry import create_adapter
+
+    protocol = load_protocol("demo")
+    for path, record in ResultStore(results).iter_records():
+        vocabulary = next(
+            e.vocabulary for e in protocol.evaluation if e.dataset == record["dataset"]
+        )
+        adapter = create_adapter(record["model"], **record["options"])
+        adapter.load(None, "cpu")
+        adapter.set_vocabulary(vocabulary.prompts())
+        dataset = open_dataset(data_root, record["dataset"])
+        files = []
+        for stem in dataset.stems(record["split"])[:count]:
+            image = torch.from_numpy(dataset.read_image(stem)).permute(2, 0, 1)[None] / 255.0
+            with torch.no_grad():
+                label_map = adapter.predict(image.float()).argmax(1)[0].numpy().astype(np.uint8)
+            data = indexed_png(label_map, class_colours(vocabulary))
+            relative = f"{path.stem}.predictions/{stem}.png"
+            atomic_write_bytes(path.parent / relative, data)
+            files.append(
+                {"image": stem, "path": relative, "sha256": hashlib.sha256(data).hexdigest()}
+            )
+        selection = f"the first {count} images of the split in file-name order"
+        record["predictions"] = {"requested": count, "selection": selection, "files": files}
+        atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())

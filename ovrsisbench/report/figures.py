@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -93,10 +94,8 @@ def iou_heatmap(
     ).T.reshape(len(classes), len(columns))
     figure = new_figure(2.8 + 1.05 * len(columns), 1.4 + 0.36 * len(classes))
     axes = figure.add_subplot()
-    image = axes.imshow(
-        np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto"
-    )
-    image.cmap.set_bad("#d0d0d0")
+    cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")  # grey: class left out of mIoU
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for (row, column), value in np.ndenumerate(values):
         text = "-" if np.isnan(value) else f"{value:.1f}"
         colour = "black" if np.isnan(value) or value > 60 else "white"
@@ -126,8 +125,8 @@ def confusion_figure(title: str, classes: Sequence[str], confusion: np.ndarray) 
     size = 2.4 + 0.42 * len(classes)
     figure = new_figure(size + 1.2, size)
     axes = figure.add_subplot()
-    image = axes.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0, vmax=100)
-    image.cmap.set_bad("#f0f0f0")
+    cmap = colormaps["Blues"].with_extremes(bad="#f0f0f0")  # a class without ground truth
+    image = axes.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0, vmax=100)
     if len(classes) <= 20:  # beyond that the numbers no longer fit their cells
         for (row, column), value in np.ndenumerate(share):
             if not np.isnan(value) and value >= 0.05:
