@@ -71,6 +71,7 @@ def evaluate(
     batch_size: int | None = None,
     workers: int | None = None,
     checkpoint_seconds: float | None = None,
+    save_predictions: int | str | None = None,
     progress: ProgressSink | None = None,
 ) -> Evaluation:
     """Evaluate a model on a protocol's datasets and write one result record per dataset, as
@@ -85,7 +86,10 @@ def evaluate(
     ``datasets`` picks some of its evaluation datasets (a list or comma-separated text).
     ``data_root`` / ``results``: as ``run`` (``$OVRSISBENCH_DATA`` or ./data,
     ``$OVRSISBENCH_RESULTS`` or ./results). ``batch_size`` (4), ``workers`` (2 reader
-    threads) and ``checkpoint_seconds`` (30) as the options of ``run``. ``progress`` receives
+    threads) and ``checkpoint_seconds`` (30) as the options of ``run``. ``save_predictions``:
+    keep the predicted maps of the first N images of each split (or ``"all"``) beside the
+    records (``ovrsisbench.predictions``); an existing record lacking them gets them from a pass
+    over just those images. ``progress`` receives
     ``start(dataset, total, done)`` and ``advance(count)`` calls (rank 0 only).
 
     Leaderboard files are not rewritten (``ovrsisbench leaderboard`` builds them from the
@@ -96,6 +100,7 @@ def evaluate(
     from ovrsisbench.defaults import default_results, existing_data_root
     from ovrsisbench.distributed import process_group, requested_device
     from ovrsisbench.evaluation import EvalSettings, Evaluator
+    from ovrsisbench.predictions import parse_request
     from ovrsisbench.protocol import Protocol, load_protocol
     from ovrsisbench.registry import create_adapter, load_adapter
     from ovrsisbench.results import ResultStore
@@ -121,6 +126,7 @@ def evaluate(
     ):
         if value is not None and value < least:
             raise UserError(f"{label} must be at least {least}, got {value}")
+    maps = parse_request(save_predictions)
     device_text = None if device is None else str(device)
     requested_device(device_text)  # the same checks and messages as under torchrun
     root = existing_data_root(None if data_root is None else Path(data_root))
@@ -134,6 +140,7 @@ def evaluate(
             checkpoint_seconds=(
                 defaults.checkpoint_seconds if checkpoint_seconds is None else checkpoint_seconds
             ),
+            save_predictions=maps,
         )
         store = ResultStore(Path(results) if results is not None else default_results())
         weights_path = None if weights is None else Path(weights)

@@ -295,6 +295,14 @@ def run(
     checkpoint_seconds: Annotated[
         float, typer.Option(min=0, help="Save progress of the dataset in work this often")
     ] = 30.0,
+    save_predictions: Annotated[
+        str | None,
+        typer.Option(
+            metavar="N|all",
+            help="Keep the predicted maps of the first N images of each split (or all) as "
+            "indexed PNGs beside the records",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate one adapter on a protocol's datasets; writes one record per dataset (resumes).
 
@@ -315,6 +323,7 @@ def run(
         batch_size=batch_size,
         workers=workers,
         checkpoint_seconds=checkpoint_seconds,
+        save_predictions=save_predictions,
     )
     if evaluation.failed:
         raise typer.Exit(1)

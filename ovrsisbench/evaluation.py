@@ -11,6 +11,11 @@ With one process the confusion matrix of a dataset in progress is checkpointed, 
 interrupted run resumes where it stopped and ends with exactly the counts of an uninterrupted
 one. Checkpoints are off with several processes: an interrupted distributed run restarts the
 dataset it was working on.
+
+``EvalSettings.save_predictions`` keeps the predicted maps of the first images of each split
+(``ovrsisbench.predictions``): each process writes the maps of its own images into the results
+folder (one folder that all processes share, as on one machine), rank 0 lists them in the record.
+A record that exists without enough maps gets them from a pass over just those images.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch.utils.data import Subset
 
 import ovrsisbench
+from ovrsisbench import predictions
 from ovrsisbench.adapter import Adapter
 from ovrsisbench.checkpoints import weights_origin
 from ovrsisbench.data.layout import PreparedDataset, open_dataset
@@ -35,6 +41,7 @@ from ovrsisbench.environment import device_name
 from ovrsisbench.errors import DataError
 from ovrsisbench.io import file_sha256, json_sha256
 from ovrsisbench.metrics import DEFAULT_POLICY, ConfusionMatrix
+from ovrsisbench.palette import class_colours
 from ovrsisbench.params import count_parameters
 from ovrsisbench.protocol import EvalEntry, Protocol, Vocabulary
 from ovrsisbench.results import Measurement, RecordKey, ResultStore, make_record
@@ -60,14 +67,26 @@ class Outcome:
 
 
 @dataclass
+class Shard:
+    """What one process measured over its shard of a split, and the maps the record lists."""
+
+    confusion: ConfusionMatrix
+    done: int
+    seconds: float
+    provenance: dict[str, Any]  # the prepared dataset's version, meta.json hash, converter
+    map_stems: list[str]  # the first images of the split, whose maps all processes saved
+
+
+@dataclass
 class EvalSettings:
-    """How to run: device, batching, reader threads, checkpoint cadence."""
+    """How to run: device, batching, reader threads, checkpoint cadence, maps to keep."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 4
     reader_threads: int = 2
     checkpoint_seconds: float = 30.0
     policy: str = DEFAULT_POLICY
+    save_predictions: predictions.Request = None  # images per split (or "all") whose maps to keep
 
 
 class Evaluator:
@@ -151,33 +170,43 @@ class Evaluator:
         error: str | None = None
         key: RecordKey | None = None
         existing: dict[str, Any] | None = None
+        lacks_maps = False  # the record exists without the maps this run is asked to save
         try:
             key = self.key(entry)
             if ctx.is_main:
                 existing = self.store.find(key)
+                lacks_maps = existing is not None and not self._has_maps(entry, key, existing)
         except Exception as caught:  # one broken dataset must not stop the others
             error = _describe(caught)
         failure = self._agree(error)
         # rank 0 alone decides whether the record exists; every process follows it
-        found = ctx.all_reduce_sum(torch.tensor([int(existing is not None)], dtype=torch.int64))
+        found, only_maps = (
+            bool(flag)
+            for flag in ctx.all_reduce_sum(
+                torch.tensor([int(existing is not None), int(lacks_maps)], dtype=torch.int64)
+            ).tolist()
+        )
         if failure is not None:
             return Outcome(entry.dataset, "failed", error=failure)
         assert key is not None
-        if int(found.item()):
+        if found:
             if ctx.is_main:
                 self.store.discard_partial(key)  # left over if a run died after saving
-            return Outcome(entry.dataset, "skipped", existing, self.store.path_for(key))
+            if not only_maps:
+                return Outcome(entry.dataset, "skipped", existing, self.store.path_for(key))
 
         shard = None
         try:
-            shard = self._evaluate_shard(entry, key, progress)
+            shard = self._evaluate_shard(entry, key, progress, only_maps)
         except Exception as caught:  # reported by every process after the next collective
             error = _describe(caught)
         failure = self._agree(error)
         if failure is not None:
             return Outcome(entry.dataset, "failed", error=failure)
         assert shard is not None
-        confusion, done, seconds, provenance = shard
+        if only_maps:
+            return self._add_maps(entry, key, existing, shard)
+        confusion, done, seconds = shard.confusion, shard.done, shard.seconds
         counts = ctx.all_reduce_sum(torch.from_numpy(confusion.matrix))  # int64: exact
         num_images = int(ctx.all_reduce_sum(torch.tensor([done], dtype=torch.int64)).item())
         # device seconds of all processes: ms/image per device
@@ -192,7 +221,7 @@ class Evaluator:
                 measurement = Measurement(
                     counts.numpy(), num_images, elapsed, device_name(self.settings.device)
                 )
-                record = self._record(entry, key, measurement, provenance)
+                record = self._record(entry, key, measurement, shard)
                 self.store.save(record)
         except Exception as caught:
             error = _describe(caught)
@@ -200,6 +229,36 @@ class Evaluator:
         if failure is not None:
             return Outcome(entry.dataset, "failed", error=failure)
         return Outcome(entry.dataset, "done", record, self.store.path_for(key))
+
+    def _has_maps(self, entry: EvalEntry, key: RecordKey, record: dict[str, Any]) -> bool:
+        """Whether an existing record lists the maps this run is asked to save."""
+        if self.settings.save_predictions is None:
+            return True
+        total = len(open_dataset(self.data_root, entry.dataset).stems(entry.split))
+        path = self.store.path_for(key)
+        return predictions.covers(path, record, self.settings.save_predictions, total)
+
+    def _listing(self, key: RecordKey, map_stems: list[str]) -> dict[str, Any] | None:
+        """The record's ``predictions`` entry: the maps of ``map_stems``, checked to exist."""
+        request = self.settings.save_predictions
+        return predictions.listing(self.store.path_for(key), map_stems, request)
+
+    def _add_maps(
+        self, entry: EvalEntry, key: RecordKey, existing: dict[str, Any] | None, shard: Shard
+    ) -> Outcome:
+        """Rank 0 lists the maps a maps-only pass saved in the existing record."""
+        error = None
+        try:
+            if self.context.is_main:
+                assert existing is not None
+                existing["predictions"] = self._listing(key, shard.map_stems)
+                self.store.save(existing)
+        except Exception as caught:
+            error = _describe(caught)
+        failure = self._agree(error)
+        if failure is not None:
+            return Outcome(entry.dataset, "failed", error=failure)
+        return Outcome(entry.dataset, "done", existing, self.store.path_for(key))
 
     def _open(self, entry: EvalEntry) -> tuple[PreparedDataset, list[str], str]:
         """The prepared dataset of ``entry`` (checked), its split's stems, its meta.json's hash."""
@@ -220,18 +279,22 @@ class Evaluator:
         return self.context.world_size == 1
 
     def _evaluate_shard(
-        self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None
-    ) -> tuple[ConfusionMatrix, int, float, dict[str, Any]]:
+        self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None, only_maps: bool
+    ) -> Shard:
         """This process's counts, images and prediction seconds over its shard of the split
-        (one process: the whole split, resumed from its checkpoint); ``progress`` counts the
-        shard."""
+        (one process: the whole split, resumed from its checkpoint), saving the maps asked for
+        of its images; ``only_maps``: just the batches that hold those images, no counts kept.
+        ``progress`` counts the shard."""
         dataset, stems, meta_sha = self._open(entry)
         vocabulary = entry.vocabulary
         num_classes = len(vocabulary.classes)
         confusion = ConfusionMatrix(num_classes)
-        # a checkpoint is valid only for the very same files list and meta.json
-        data_sha = json_sha256({"meta": meta_sha, "stems": stems})
-        state = self.store.load_partial(key) if self._checkpoints else None
+        maps = predictions.wanted(self.settings.save_predictions, len(stems))
+        # a checkpoint is valid only for the very same files list, meta.json and maps asked for
+        data_sha = json_sha256(
+            {"meta": meta_sha, "stems": stems, **({"maps": maps} if maps else {})}
+        )
+        state = self.store.load_partial(key) if self._checkpoints and not only_maps else None
         if state is not None and state.get("data_sha256") == data_sha:
             confusion.load(state["confusion"])
             done, seconds = state["num_images"], state["predict_seconds"]
@@ -241,6 +304,8 @@ class Evaluator:
         # every image is predicted with the same companions as in a single-process run
         sizes = [dataset.sample_size(stem) for stem in stems[done:]]
         plan = batch_plan(sizes, self.settings.batch_size, first=done)
+        if only_maps:
+            plan = [batch for batch in plan if batch.start < maps]
         mine = [plan[i] for i in self.context.shard(len(plan))]
         indices = [index for batch in mine for index in batch]
         if progress is not None:
@@ -248,6 +313,8 @@ class Evaluator:
         self.use_vocabulary(vocabulary)
         samples = SegmentationDataset(dataset, entry.split, vocabulary.lookup_table())
         loader = iter(read_ahead(Subset(samples, indices), threads=self.settings.reader_threads))
+        record_path = self.store.path_for(key)
+        colours = class_colours(vocabulary)
         last_checkpoint = time.monotonic()
 
         def checkpoint() -> None:
@@ -266,7 +333,11 @@ class Evaluator:
             for batch in mine:
                 items = [next(loader) for _ in batch]
                 images, labels = [i["image"] for i in items], [i["label"] for i in items]
-                counts, elapsed = self._predict(images, labels, num_classes)
+                counts, elapsed, pred = self._predict(images, labels, num_classes)
+                for index, image_pred in zip(batch, pred, strict=True):
+                    if index < maps:  # saved before the counts: a checkpoint implies its maps
+                        label_map = image_pred.cpu().numpy()
+                        predictions.save_map(record_path, stems[index], label_map, colours)
                 consistent = False
                 confusion.merge(counts)
                 done, seconds = done + len(images), seconds + elapsed
@@ -275,12 +346,13 @@ class Evaluator:
                     progress.advance(len(images))
                 if (
                     self._checkpoints
+                    and not only_maps
                     and time.monotonic() - last_checkpoint >= self.settings.checkpoint_seconds
                 ):
                     checkpoint()
                     last_checkpoint = time.monotonic()
         except KeyboardInterrupt:
-            if self._checkpoints and consistent:  # else the last periodic checkpoint stands
+            if self._checkpoints and not only_maps and consistent:  # else the last one stands
                 checkpoint()
             raise
         provenance = {
@@ -289,7 +361,7 @@ class Evaluator:
             "converter_version": dataset.meta.converter_version,
             "source": dataset.meta.source,
         }
-        return confusion, done, seconds, provenance
+        return Shard(confusion, done, seconds, provenance, stems[:maps])
 
     def _harness_threads(self) -> AbstractContextManager[None]:
         """Run the harness's own CPU tensor work on one torch thread while reader threads decode:
@@ -300,8 +372,8 @@ class Evaluator:
 
     def _predict(
         self, images: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int
-    ) -> tuple[ConfusionMatrix, float]:
-        """Counts of one batch and the seconds its prediction took."""
+    ) -> tuple[ConfusionMatrix, float, torch.Tensor]:
+        """Counts of one batch, the seconds its prediction took and the (B, H, W) uint8 maps."""
         device = self.settings.device
         with self._harness_threads():
             batch = torch.empty((len(images), *images[0].shape), dtype=torch.float32)
@@ -332,7 +404,7 @@ class Evaluator:
             pred = best.indices.to(torch.uint8)
             for image_pred, label in zip(pred, labels, strict=True):
                 counts.update(image_pred, label.to(pred.device))
-        return counts, elapsed
+        return counts, elapsed, pred
 
     def background_rule(self, vocabulary: Vocabulary) -> dict[str, Any] | None:
         """The vocabulary's rejection rule as recorded: class, index, threshold, and whether
@@ -347,7 +419,7 @@ class Evaluator:
         entry: EvalEntry,
         key: RecordKey,
         measurement: Measurement,
-        provenance: dict[str, Any],
+        shard: Shard,
     ) -> dict[str, Any]:
         network = self.adapter.network
         params = None
@@ -359,6 +431,7 @@ class Evaluator:
             "background_rule": self.background_rule(entry.vocabulary),
             "inference": self.adapter.describe(),
             "params": params,
+            "predictions": self._listing(key, shard.map_stems),
         }
         return make_record(
             key,
@@ -366,7 +439,7 @@ class Evaluator:
             classes=entry.vocabulary.names(),
             policy=self.settings.policy,
             adapter_facts=facts,
-            data=provenance,
+            data=shard.provenance,
         )
 
 

@@ -44,6 +44,7 @@ RECORD_KEYS = (
     "per_class",
     "absent_class_policy",
     "num_images",
+    "predictions",
     "timing",
     "params",
     "environment",
@@ -51,7 +52,7 @@ RECORD_KEYS = (
 )
 #: Keys that records written before they existed lack (``weights_origin``: also on later
 #: records written through ``ResultStore.save`` by other tools); readers take them as None.
-LATER_KEYS = ("weights_origin", "background_rule")
+LATER_KEYS = ("weights_origin", "background_rule", "predictions")
 REQUIRED_KEYS = tuple(key for key in RECORD_KEYS if key not in LATER_KEYS)
 #: The fields of a ``RecordKey``: equal keys mean a reusable record. The code and data versions
 #: are kept in a record's environment.
@@ -123,7 +124,8 @@ def make_record(
 ) -> dict[str, Any]:
     """The result record of ``key``: every key of ``RECORD_KEYS``, in that order, the scores
     computed from the matrix under ``policy``. ``adapter_facts`` holds the adapter's
-    ``weights_origin``, ``background_rule``, ``inference`` (its ``describe()``) and ``params``;
+    ``weights_origin``, ``background_rule``, ``inference`` (its ``describe()``), ``params`` and the
+    ``predictions`` the evaluation saved (``ovrsisbench.predictions.listing``, or None);
     ``data`` the prepared dataset's provenance (version, meta.json hash, converter, source)."""
     matrix = measurement.confusion
     scores = compute_scores(matrix, policy)
@@ -149,6 +151,7 @@ def make_record(
         },
         "absent_class_policy": scores.policy,
         "num_images": measurement.num_images,
+        "predictions": adapter_facts["predictions"],
         "timing": {
             "ms_per_image": 1000.0 * measurement.seconds / measurement.num_images,
             "device": measurement.device,

@@ -139,7 +139,8 @@ def build_submission(
             "--protocol, -o KEY=VALUE or --weights-sha256 PREFIX"
         )
     chosen, _config, by_entry = candidates[0]
-    records = [by_entry[_entry_key(entry)] for entry in chosen.evaluation]
+    # saved prediction maps stay behind: their paths name files of this results folder only
+    records = [{**by_entry[_entry_key(e)], "predictions": None} for e in chosen.evaluation]
     first = records[0]
     from ovrsisbench.registry import find_adapter  # here: reading submissions needs no torch
 

@@ -44,7 +44,16 @@ def run_arguments(model: str, data_root: Path, results: Path) -> list[str]:
         "cpu",
         "--batch-size",
         "2",
+        "--save-predictions",
+        "3",
     ]
+
+
+def saved_maps(results: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(results).as_posix(): path.read_bytes()
+        for path in sorted((results / "records").rglob("*.png"))
+    }
 
 
 def records(results: Path) -> dict[str, dict]:
@@ -115,7 +124,7 @@ def test_torchrun_evaluation_equals_a_single_process_run(
     cli, monkeypatch, toy_adapters, odd_root, tmp_path, model
 ):
     """Also for an adapter whose scores depend on the batch: every image is predicted in the
-    batch it has in a single process."""
+    batch it has in a single process; the saved maps (written by both processes) too."""
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     single, parallel = tmp_path / "single", tmp_path / "parallel"
@@ -139,6 +148,9 @@ def test_torchrun_evaluation_equals_a_single_process_run(
         for field in ("created", "timing"):  # wall-clock facts differ
             record.pop(field), expected[name].pop(field)
         assert record == expected[name]
+    assert record["predictions"]["files"]  # listed equally, hashes included
+    maps = saved_maps(parallel)
+    assert maps == saved_maps(single) and len(maps) == 1 + 3
     assert (parallel / "leaderboard.md").read_text() == (single / "leaderboard.md").read_text()
 
 

@@ -24,13 +24,12 @@ from ovrsisbench.results import ResultStore
 from ovrsisbench.submission import SUBMISSION_SCHEMA, verify_submission
 
 
-def evaluate(results: Path, data_root: Path, **options) -> None:
+def evaluate(results: Path, data_root: Path, maps: int | None = None, **options) -> None:
     adapter = create_adapter("maskclip", backbone="tiny", **options)
     adapter.load(None, "cpu")
     protocol = load_protocol("demo")
-    evaluator = Evaluator(
-        adapter, "maskclip", protocol, data_root, ResultStore(results), EvalSettings()
-    )
+    settings = EvalSettings(save_predictions=maps)
+    evaluator = Evaluator(adapter, "maskclip", protocol, data_root, ResultStore(results), settings)
     assert all(o.status == "done" for o in evaluator.run(list(protocol.evaluation)))
 
 
@@ -92,6 +91,20 @@ def test_submission_contents(genuine, results):
     )
     assert "packages" in genuine["environment"]
     assert verify_submission(genuine).verified
+
+
+def test_saved_prediction_maps_stay_behind(synthetic_root, tmp_path):
+    """Their paths name files of the local results folder; a submission holds no files."""
+    from ovrsisbench.submission import build_submission
+
+    evaluate(tmp_path, synthetic_root, maps=1)
+    assert all(
+        json.loads(path.read_text())["predictions"]["files"]
+        for path in (tmp_path / "records").rglob("*.json")
+    )
+    submission = json.loads(json.dumps(build_submission("maskclip", tmp_path)))
+    assert [item["record"]["predictions"] for item in submission["records"]] == [None, None]
+    assert verify_submission(submission).verified
 
 
 def test_cli_submit_then_verify(cli, results, synthetic_root, tmp_path):
