@@ -79,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests_helpers
 def report_results(tmp_path_factory, synthetic_root) -> Path:
     """A results folder with records of three toy models on both demo datasets, each listing
     saved predictions of its first two images (the report's tests read it, never write it)."""
-    from tests_helpers import REPORT_MODELS, add_saved_predictions
+    from tests_helpers import REPORT_MODELS
 
     from ovrsisbench import evaluate
 
@@ -87,6 +87,12 @@ def report_results(tmp_path_factory, synthetic_root) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(PLUGINS))
         for model in REPORT_MODELS:
-            evaluate(model, "demo", data_root=synthetic_root, results=results, device="cpu")
-        add_saved_predictions(results, synthetic_root, count=2)
+            evaluate(
+                model,
+                "demo",
+                data_root=synthetic_root,
+                results=results,
+                device="cpu",
+                save_predictions=2,
+            )
     return results

@@ -5,8 +5,6 @@ prepared datasets to read images from. Figures and the page only draw what is co
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from ovrsisbench.leaderboard import (
     rows_from_records,
     verified_submissions,
 )
+from ovrsisbench.predictions import saved_maps
 from ovrsisbench.protocol import Protocol, Vocabulary
 from ovrsisbench.results import ResultStore, key_of_record
 
@@ -55,36 +54,28 @@ def seen_splits(protocol: Protocol) -> dict[str, Split]:
 
 @dataclass(frozen=True)
 class SavedPrediction:
-    """One prediction map a record lists: the image's stem, the PNG file and its SHA-256."""
+    """One prediction map a record lists: the image's stem and the PNG file."""
 
     image: str
     path: Path
-    sha256: str
 
 
 def saved_predictions(record: Mapping[str, Any], record_path: Path) -> list[SavedPrediction]:
-    """The prediction maps listed under the record's ``predictions`` key (paths relative to the
-    record's folder); [] when the record has none. The one reader of that key."""
-    listing = record.get("predictions") or {}
-    return [
-        SavedPrediction(str(item["image"]), record_path.parent / item["path"], str(item["sha256"]))
-        for item in listing.get("files") or []
-    ]
+    """The prediction maps the record lists, in its order ([] when it has none)."""
+    maps = saved_maps(record_path, dict(record))
+    return [SavedPrediction(stem, path) for stem, path in maps.items()]
 
 
 def read_prediction(prediction: SavedPrediction) -> np.ndarray:
     """The (H, W) uint8 map of scored class indices (255 = ignored) of a saved prediction;
-    DataError when the file is missing, changed since the record listed it, or not indexed."""
+    DataError when the file is missing, unreadable or not an indexed PNG."""
     try:
-        data = prediction.path.read_bytes()
-    except OSError as error:
-        raise DataError(f"{prediction.path}: unreadable ({error.strerror})") from None
-    if hashlib.sha256(data).hexdigest() != prediction.sha256:
-        raise DataError(f"{prediction.path}: changed since its record listed it (SHA-256 differs)")
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode != "P":
-            raise DataError(f"{prediction.path}: not an indexed PNG (mode {image.mode})")
-        return np.array(image)
+        with Image.open(prediction.path) as image:
+            if image.mode != "P":
+                raise DataError(f"{prediction.path}: not an indexed PNG (mode {image.mode})")
+            return np.array(image)
+    except OSError as error:  # missing, truncated, not an image
+        raise DataError(f"{prediction.path}: unreadable ({error})") from None
 
 
 @dataclass
