@@ -104,20 +104,18 @@ def _no_records(dataset: str) -> str:
 
 def speed_item(data: ReportData) -> FigureItem:
     points, left_out = speed_points(data)
+    notes = [] if points else ["No speed figure: no row has both a mean mIoU and a timed record."]
+    notes += [f"Left out: {reason}." for reason in left_out]
     published = data.leaderboard["kind"].str.startswith("published").sum()
-    notes = [f"Left out: {reason}." for reason in left_out]
     if published:
         notes.append(f"{published} published row(s) left out: published results carry no timing.")
-    item = FigureItem(
+    return FigureItem(
         "speed-vs-miou",
         "Mean mIoU against inference time",
         "One point per leaderboard row and device.",
         (lambda _notes: figures.speed_figure(points)) if points else None,
         notes,
     )
-    if not points:
-        notes.insert(0, "No speed figure: no row has both a mean mIoU and a timed record.")
-    return item
 
 
 def overlap_item(data: ReportData) -> FigureItem:
