@@ -43,6 +43,8 @@ BackboneName = _choice("BackboneName", choices.BACKBONES)
 SourceKind = _choice("SourceKind", choices.SOURCE_KINDS)
 EdgeMode = _choice("EdgeMode", choices.EDGE_MODES)
 AmpMode = _choice("AmpMode", choices.AMP_MODES)
+FigureFormat = _choice("FigureFormat", choices.FIGURE_FORMATS)
+SVG = FigureFormat("svg")
 RAW, EXCLUDE_ABSENT, CPU = SourceKind("raw"), Policy("exclude-absent"), Device("cpu")
 
 
@@ -634,6 +636,46 @@ def _hint_other_protocols(protocol: str, results_dir: Path) -> None:
             "--results DIR)"
         )
     err_console.print(hint, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    protocol: Annotated[str, typer.Option(help="Protocol name or YAML path")],
+    out: Annotated[Path, typer.Option(help="Folder to write index.html and figures/ into")],
+    results: ResultsDir = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prepared data root, for the images and labels of the prediction grids "
+            "[default: $OVRSISBENCH_DATA or ./data when it exists]",
+            show_default=False,
+        ),
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Only these models' rows, comma-separated (e.g. a,b)")
+    ] = None,
+    format: Annotated[
+        FigureFormat, typer.Option("--format", help="File format of the standalone figures")
+    ] = SVG,
+) -> None:
+    """Write a static HTML report of a protocol's results: the leaderboard and figures (speed
+    vs mIoU, vocabulary overlap, per-class IoU, confusion matrices, predictions)."""
+    from ovrsisbench.report import write_report
+
+    if data_root is not None:
+        root: Path | None = existing_data_root(data_root)
+    else:  # the default data root is optional: without it the grids show predictions only
+        root = default_data_root() if default_data_root().is_dir() else None
+    index = write_report(
+        protocol,
+        results or default_results(),
+        out,
+        data_root=root,
+        models=[name.strip() for name in models.split(",") if name.strip()] if models else None,
+        fmt=_value(format),
+        progress=lambda line: console.print(line, markup=False, highlight=False),
+    )
+    console.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

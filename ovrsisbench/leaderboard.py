@@ -64,6 +64,8 @@ class Row:
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     created: dict[str, str] = field(default_factory=dict)
     stated_means: dict[str, float] | None = None  # published rows state their own means
+    #: dataset -> the record its metrics come from (ours and submitted rows; for figures)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def record_metrics(record: dict[str, Any], policy: str) -> dict[str, float]:
@@ -115,6 +117,7 @@ def rows_from_records(
         if record["created"] >= row.created.get(dataset, ""):  # newest record wins
             row.created[dataset] = record["created"]
             row.metrics[dataset] = record_metrics(record, policy)
+            row.records[dataset] = record
             if split_seen:
                 row.metrics[dataset] |= record_seen_scores(record, protocol, policy)
     return list(rows.values())

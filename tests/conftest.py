@@ -73,3 +73,26 @@ def cli(capsys, monkeypatch):
 
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests_helpers
+
+
+@pytest.fixture(scope="session")
+def report_results(tmp_path_factory, synthetic_root) -> Path:
+    """A results folder with records of three toy models on both demo datasets, each listing
+    saved predictions of its first two images (the report's tests read it, never write it)."""
+    from tests_helpers import REPORT_MODELS
+
+    from ovrsisbench import evaluate
+
+    results = tmp_path_factory.mktemp("report-results")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(PLUGINS))
+        for model in REPORT_MODELS:
+            evaluate(
+                model,
+                "demo",
+                data_root=synthetic_root,
+                results=results,
+                device="cpu",
+                save_predictions=2,
+            )
+    return results

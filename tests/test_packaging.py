@@ -49,6 +49,7 @@ def test_wheel_layout(wheel):
         "ovrsisbench/protocols/dlrsd.yaml",
         "ovrsisbench/protocols/vocab/loveda-clean.yaml",
         "ovrsisbench/reference/rsktseg_table1.csv",
+        "ovrsisbench/report/templates/report.html.j2",
     ):
         assert expected in names
     # every model package and every vocabulary of the checkout is in the wheel (pyproject lists

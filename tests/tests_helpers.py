@@ -53,3 +53,11 @@ def batched_and_sequential(model, images, text):
         finally:
             model.batched_rotations = True
     return batched, sequential
+
+
+#: the toy models of the report's tests: three rows on the demo protocol
+REPORT_MODELS = (
+    "toy_adapters:ColourAdapter",
+    "toy_adapters:DeafAdapter",
+    "toy_adapters:NoopAdapter",
+)
