@@ -3,7 +3,8 @@
 It generates a small seeded two-domain benchmark in the unified layout, evaluates every
 built-in adapter that offers tiny random ``demo_options`` on the ``demo`` protocol, trains
 those with ``demo_training`` on the source domain for a short schedule and evaluates them
-again, and writes result records and a leaderboard. It proves the pipeline, not accuracy.
+again, and writes result records (with the predicted maps of a few images), a leaderboard and
+the HTML report. It proves the pipeline, not accuracy.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from ovrsisbench.evaluation import Outcome
 from ovrsisbench.leaderboard import build, print_leaderboard, write_leaderboards
 from ovrsisbench.protocol import Protocol, load_protocol
 from ovrsisbench.registry import create_adapter, find_adapter, list_adapters
+from ovrsisbench.report import write_report
 from ovrsisbench.results import ResultStore
 from ovrsisbench.train import LOG_FILE, TrainSettings, seed_everything, train
 
 DEMO_PROTOCOL = "demo"
 DEMO_SEED = 0
+#: images of each split whose predicted maps the demo keeps (the report's prediction grids)
+DEMO_SAVED_PREDICTIONS = 4
 
 
 @dataclass
@@ -93,6 +97,7 @@ def _evaluate(
         device="cpu",
         weights=weights,
         options=options,
+        save_predictions=DEMO_SAVED_PREDICTIONS,
         progress=sink,
     )
     for outcome in evaluation.failed:
@@ -175,10 +180,14 @@ def _run_demo(root: Path, console: Console, stop_on_signals: bool, keep: bool) -
     write_leaderboards(results_dir, [protocol])
     title = "SYNTHETIC leaderboard (tiny random models on generated data)"
     print_leaderboard(console, build(protocol, results_dir), title)
+    # without --out everything else goes with the temporary folder; the report is kept
+    report_dir = root / "report" if keep else Path(tempfile.mkdtemp(prefix="ovrsisbench-demo-"))
+    page = write_report(DEMO_PROTOCOL, results_dir, report_dir, data_root=data_root)
     if keep:
         console.print(
             f"\nsynthetic records: {store.records_dir}\nleaderboard: {results_dir}",
             highlight=False,
             soft_wrap=True,
         )
+    console.print(f"report: {page}", highlight=False, soft_wrap=True)
     return not any(outcome.status == "failed" for outcome in outcomes)

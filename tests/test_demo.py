@@ -56,6 +56,13 @@ def test_demo_trains_evaluates_and_reruns_without_redoing(short_demo_training, t
     labels = {row["weights"] for row in rows if row["model"] == "rsktseg"}
     assert f"{sha[:12]} (run rsktseg)" in labels
     assert {row["config"] for row in rows} == {"backbone=tiny"}
+    # it ends with the report, its prediction grids drawn from the maps the records list
+    page = tmp_path / "report" / "index.html"
+    assert f"report: {page}" in text and text.rstrip().endswith(str(page))
+    html = page.read_text()
+    for dataset in ("synthetic-source", "synthetic-target"):
+        assert f'src="figures/qualitative-{dataset}.svg"' in html
+    assert all(len(r["predictions"]["files"]) == 4 for r in first.values())
 
     again = Console(record=True, width=80)
     assert run_demo(tmp_path, again)  # the same folder: training and records are reused

@@ -4,6 +4,7 @@ figures or into the caller's process."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -177,7 +178,8 @@ def qualitative_figure(
             else:
                 axes.imshow(panel, interpolation="nearest")
             if row == 0:
-                axes.set_title(column_titles[column], fontsize=8)
+                # wrapped to the panel's width: long row labels (weights, run) must not overlap
+                axes.set_title(textwrap.fill(column_titles[column], 22), fontsize=8)
             if column == 0:
                 axes.set_ylabel(stem, fontsize=7)
     handles = [
