@@ -78,7 +78,8 @@ def assert_images_exist(index: Path, page: PageParser) -> None:
 
 
 def figure_axes_by_title(figure, title: str):
-    return next(axes for axes in figure.axes if axes.get_title() == title)
+    """The axes titled ``title`` (titles may be wrapped over several lines)."""
+    return next(axes for axes in figure.axes if " ".join(axes.get_title().split()) == title)
 
 
 def test_report_holds_the_leaderboard_and_every_figure(report_results, synthetic_root, tmp_path):

@@ -179,7 +179,8 @@ def qualitative_figure(
                 axes.imshow(panel, interpolation="nearest")
             if row == 0:
                 # wrapped to the panel's width: long row labels (weights, run) must not overlap
-                axes.set_title(textwrap.fill(column_titles[column], 22), fontsize=8)
+                title = textwrap.fill(column_titles[column], 22, break_long_words=False)
+                axes.set_title(title, fontsize=8)
             if column == 0:
                 axes.set_ylabel(stem, fontsize=7)
     handles = [
