@@ -28,28 +28,10 @@ from ovrsisbench.leaderboard import (
 from ovrsisbench.predictions import saved_maps
 from ovrsisbench.protocol import Protocol, Vocabulary
 from ovrsisbench.results import ResultStore, key_of_record
+from ovrsisbench.seen import SeenSplit, protocol_seen_splits
 
 #: images of a dataset shown in its qualitative grid (the first ones the records list)
 MAX_QUALITATIVE_IMAGES = 4
-
-
-@dataclass(frozen=True)
-class Split:
-    """The seen/unseen split of one evaluation vocabulary (``ovrsisbench.seen.SeenSplit``)."""
-
-    seen: tuple[str, ...]
-    unseen: tuple[str, ...]
-
-
-def seen_splits(protocol: Protocol) -> dict[str, Split]:
-    """Evaluation dataset -> its seen/unseen classes; {} for an evaluation-only protocol.
-    The report's one use of ``ovrsisbench.seen``."""
-    from ovrsisbench.seen import protocol_seen_splits
-
-    return {
-        dataset: Split(tuple(split.seen), tuple(split.unseen))
-        for dataset, split in protocol_seen_splits(protocol).items()
-    }
 
 
 @dataclass(frozen=True)
@@ -110,7 +92,7 @@ class ReportData:
     results_dir: Path
     leaderboard: pd.DataFrame  # ours, submitted and published rows (``leaderboard_frame``)
     models: list[ModelRow]  # rows with records, in leaderboard order
-    splits: dict[str, Split]
+    splits: dict[str, SeenSplit]  # evaluation dataset -> its seen/unseen classes
     datasets: dict[str, PreparedDataset]  # those whose images and labels can be read
     missing_data: dict[str, str]  # dataset -> why its images cannot be read
     refused: list[str]  # submissions refused, with their reason
@@ -145,7 +127,7 @@ def collect(
     ]
     ranked.sort(key=lambda m: (math.isnan(m.mean_miou), -np.nan_to_num(m.mean_miou), m.label))
     datasets, missing = _open_datasets(protocol, data_root)
-    splits = seen_splits(protocol)
+    splits = protocol_seen_splits(protocol)
     return ReportData(
         protocol, results_dir, leaderboard, ranked, splits, datasets, missing, refused
     )

@@ -13,7 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ovrsisbench.report.collect import SpeedPoint, Split
+from ovrsisbench.report.collect import SpeedPoint
+from ovrsisbench.seen import SeenSplit
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 SEEN_COLOUR, UNSEEN_COLOUR = "#1f77b4", "#ff7f0e"
@@ -86,7 +87,7 @@ def iou_heatmap(
     dataset: str,
     classes: Sequence[str],
     columns: Sequence[tuple[str, Sequence[float | None]]],
-    split: Split | None,
+    split: SeenSplit | None,
 ) -> Figure:
     """Per-class IoU (classes x models) with the values written in; classes left out of the
     means (None) are grey with "-"; seen / unseen classes are named so and coloured."""
@@ -111,7 +112,7 @@ def iou_heatmap(
     return figure
 
 
-def _class_label(name: str, split: Split | None) -> str:
+def _class_label(name: str, split: SeenSplit | None) -> str:
     if split is None:
         return name
     return f"{name} (seen)" if name in split.seen else f"{name} (unseen)"
