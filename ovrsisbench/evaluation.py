@@ -21,6 +21,7 @@ A record that exists without enough maps gets them from a pass over just those i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,13 +216,21 @@ class Evaluator:
             message = f"ValueError: split '{entry.split}' of {entry.dataset} has no images"
             return Outcome(entry.dataset, "failed", error=message)
 
-        record = None
+        def new_record() -> dict[str, Any]:
+            device = device_name(self.settings.device)
+            measurement = Measurement(counts.numpy(), num_images, elapsed, device)
+            return self._record(entry, key, measurement, shard)
+
+        return self._save_on_main(entry, key, new_record)
+
+    def _save_on_main(
+        self, entry: EvalEntry, key: RecordKey, build: Callable[[], dict[str, Any]]
+    ) -> Outcome:
+        """Rank 0 builds the record and saves it; every process learns whether that worked."""
+        error, record = None, None
         try:
-            if ctx.is_main:
-                measurement = Measurement(
-                    counts.numpy(), num_images, elapsed, device_name(self.settings.device)
-                )
-                record = self._record(entry, key, measurement, shard)
+            if self.context.is_main:
+                record = build()
                 self.store.save(record)
         except Exception as caught:
             error = _describe(caught)
@@ -247,18 +256,12 @@ class Evaluator:
         self, entry: EvalEntry, key: RecordKey, existing: dict[str, Any] | None, shard: Shard
     ) -> Outcome:
         """Rank 0 lists the maps a maps-only pass saved in the existing record."""
-        error = None
-        try:
-            if self.context.is_main:
-                assert existing is not None
-                existing["predictions"] = self._listing(key, shard.map_stems)
-                self.store.save(existing)
-        except Exception as caught:
-            error = _describe(caught)
-        failure = self._agree(error)
-        if failure is not None:
-            return Outcome(entry.dataset, "failed", error=failure)
-        return Outcome(entry.dataset, "done", existing, self.store.path_for(key))
+
+        def extended() -> dict[str, Any]:
+            assert existing is not None  # on rank 0
+            return {**existing, "predictions": self._listing(key, shard.map_stems)}
+
+        return self._save_on_main(entry, key, extended)
 
     def _open(self, entry: EvalEntry) -> tuple[PreparedDataset, list[str], str]:
         """The prepared dataset of ``entry`` (checked), its split's stems, its meta.json's hash."""
