@@ -121,21 +121,25 @@ def run_demo(out: Path | None, console: Console, stop_on_signals: bool = False) 
     ``stop_on_signals``: Ctrl-C ends the training step in progress and saves a checkpoint, from
     which a rerun into the same ``out`` continues (command-line use, see ``ovrsisbench.train``)."""
     if out is not None:
-        return _run_demo(Path(out), console, stop_on_signals, keep=True)
-    with tempfile.TemporaryDirectory(prefix="ovrsisbench-demo-") as folder:
-        try:
-            return _run_demo(Path(folder), console, stop_on_signals, keep=False)
-        finally:
-            size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-            console.print(
-                f"removed the temporary folder {folder} ({size / 1e6:.0f} MB of generated data, "
-                "records and checkpoints); keep them with --out DIR",
-                highlight=False,
-                soft_wrap=True,
-            )
+        ok, page = _run_demo(Path(out), console, stop_on_signals, keep=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ovrsisbench-demo-") as folder:
+            try:
+                ok, page = _run_demo(Path(folder), console, stop_on_signals, keep=False)
+            finally:
+                size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+                console.print(
+                    f"removed the temporary folder {folder} ({size / 1e6:.0f} MB of generated "
+                    "data, records and checkpoints); keep them with --out DIR",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    console.print(f"report: {page}", highlight=False, soft_wrap=True)
+    return ok
 
 
-def _run_demo(root: Path, console: Console, stop_on_signals: bool, keep: bool) -> bool:
+def _run_demo(root: Path, console: Console, stop_on_signals: bool, keep: bool) -> tuple[bool, Path]:
+    """The demo in ``root``: whether nothing failed, and the report's page."""
     data_root, results_dir = root / "data", root / "results"
     console.print(
         f"[bold]SYNTHETIC demo[/bold] in {root} (generated data: proves the pipeline)",
@@ -181,7 +185,9 @@ def _run_demo(root: Path, console: Console, stop_on_signals: bool, keep: bool) -
     title = "SYNTHETIC leaderboard (tiny random models on generated data)"
     print_leaderboard(console, build(protocol, results_dir), title)
     # without --out everything else goes with the temporary folder; the report is kept
-    report_dir = root / "report" if keep else Path(tempfile.mkdtemp(prefix="ovrsisbench-demo-"))
+    report_dir = (
+        root / "report" if keep else Path(tempfile.mkdtemp(prefix="ovrsisbench-demo-report-"))
+    )
     page = write_report(DEMO_PROTOCOL, results_dir, report_dir, data_root=data_root)
     if keep:
         console.print(
@@ -189,5 +195,4 @@ def _run_demo(root: Path, console: Console, stop_on_signals: bool, keep: bool) -
             highlight=False,
             soft_wrap=True,
         )
-    console.print(f"report: {page}", highlight=False, soft_wrap=True)
-    return not any(outcome.status == "failed" for outcome in outcomes)
+    return not any(outcome.status == "failed" for outcome in outcomes), page

@@ -15,7 +15,8 @@ dataset it was working on.
 ``EvalSettings.save_predictions`` keeps the predicted maps of the first images of each split
 (``ovrsisbench.predictions``): each process writes the maps of its own images into the results
 folder (one folder that all processes share, as on one machine), rank 0 lists them in the record.
-A record that exists without enough maps gets them from a pass over just those images.
+A record that exists without the maps asked for is evaluated again; the maps are added to it
+when the new counts equal its own, exactly (else the dataset fails and says why).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Shard:
     seconds: float
     provenance: dict[str, Any]  # the prepared dataset's version, meta.json hash, converter
     map_stems: list[str]  # the first images of the split, whose maps all processes saved
+    written: dict[str, str]  # stem -> SHA-256 of the maps this process saved in this run
 
 
 @dataclass
@@ -181,7 +183,7 @@ class Evaluator:
             error = _describe(caught)
         failure = self._agree(error)
         # rank 0 alone decides whether the record exists; every process follows it
-        found, only_maps = (
+        found, recount = (
             bool(flag)
             for flag in ctx.all_reduce_sum(
                 torch.tensor([int(existing is not None), int(lacks_maps)], dtype=torch.int64)
@@ -190,23 +192,22 @@ class Evaluator:
         if failure is not None:
             return Outcome(entry.dataset, "failed", error=failure)
         assert key is not None
-        if found:
+        if found and not recount:
             if ctx.is_main:
                 self.store.discard_partial(key)  # left over if a run died after saving
-            if not only_maps:
-                return Outcome(entry.dataset, "skipped", existing, self.store.path_for(key))
+            return Outcome(entry.dataset, "skipped", existing, self.store.path_for(key))
 
         shard = None
         try:
-            shard = self._evaluate_shard(entry, key, progress, only_maps)
+            shard = self._evaluate_shard(entry, key, progress)
         except Exception as caught:  # reported by every process after the next collective
             error = _describe(caught)
         failure = self._agree(error)
         if failure is not None:
             return Outcome(entry.dataset, "failed", error=failure)
         assert shard is not None
-        if only_maps:
-            return self._add_maps(entry, key, existing, shard)
+        # the hashes of the maps each process wrote (one folder need not be shared by all)
+        hashes = {s: h for part in ctx.all_gather_object(shard.written) for s, h in part.items()}
         confusion, done, seconds = shard.confusion, shard.done, shard.seconds
         counts = ctx.all_reduce_sum(torch.from_numpy(confusion.matrix))  # int64: exact
         num_images = int(ctx.all_reduce_sum(torch.tensor([done], dtype=torch.int64)).item())
@@ -219,9 +220,21 @@ class Evaluator:
         def new_record() -> dict[str, Any]:
             device = device_name(self.settings.device)
             measurement = Measurement(counts.numpy(), num_images, elapsed, device)
-            return self._record(entry, key, measurement, shard)
+            return self._record(entry, key, measurement, shard, hashes)
 
-        return self._save_on_main(entry, key, new_record)
+        def extended_record() -> dict[str, Any]:
+            assert existing is not None  # on rank 0
+            if counts.tolist() != existing["confusion"]:
+                self.store.discard_partial(key)
+                raise DataError(
+                    f"{self.store.path_for(key)}: evaluated again to save its prediction maps, "
+                    "the model counted other pixels than this record (its predictions depend on "
+                    "the device or the batch size); no maps added. Rerun with the record's "
+                    "settings, or delete the record to replace it"
+                )
+            return {**existing, "predictions": self._listing(key, shard.map_stems, hashes)}
+
+        return self._save_on_main(entry, key, extended_record if recount else new_record)
 
     def _save_on_main(
         self, entry: EvalEntry, key: RecordKey, build: Callable[[], dict[str, Any]]
@@ -240,28 +253,20 @@ class Evaluator:
         return Outcome(entry.dataset, "done", record, self.store.path_for(key))
 
     def _has_maps(self, entry: EvalEntry, key: RecordKey, record: dict[str, Any]) -> bool:
-        """Whether an existing record lists the maps this run is asked to save."""
+        """Whether an existing record lists the maps this run is asked to save (unchanged)."""
         if self.settings.save_predictions is None:
             return True
-        total = len(open_dataset(self.data_root, entry.dataset).stems(entry.split))
+        stems = open_dataset(self.data_root, entry.dataset).stems(entry.split)
         path = self.store.path_for(key)
-        return predictions.covers(path, record, self.settings.save_predictions, total)
+        return predictions.covers(path, record, self.settings.save_predictions, stems)
 
-    def _listing(self, key: RecordKey, map_stems: list[str]) -> dict[str, Any] | None:
-        """The record's ``predictions`` entry: the maps of ``map_stems``, checked to exist."""
+    def _listing(
+        self, key: RecordKey, map_stems: list[str], hashes: dict[str, str]
+    ) -> dict[str, Any] | None:
+        """The record's ``predictions`` entry: the maps of ``map_stems`` (``hashes``: of those
+        written by this run's processes; the others, from before a resume, are read)."""
         request = self.settings.save_predictions
-        return predictions.listing(self.store.path_for(key), map_stems, request)
-
-    def _add_maps(
-        self, entry: EvalEntry, key: RecordKey, existing: dict[str, Any] | None, shard: Shard
-    ) -> Outcome:
-        """Rank 0 lists the maps a maps-only pass saved in the existing record."""
-
-        def extended() -> dict[str, Any]:
-            assert existing is not None  # on rank 0
-            return {**existing, "predictions": self._listing(key, shard.map_stems)}
-
-        return self._save_on_main(entry, key, extended)
+        return predictions.listing(self.store.path_for(key), map_stems, request, hashes)
 
     def _open(self, entry: EvalEntry) -> tuple[PreparedDataset, list[str], str]:
         """The prepared dataset of ``entry`` (checked), its split's stems, its meta.json's hash."""
@@ -282,23 +287,26 @@ class Evaluator:
         return self.context.world_size == 1
 
     def _evaluate_shard(
-        self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None, only_maps: bool
+        self, entry: EvalEntry, key: RecordKey, progress: ProgressSink | None
     ) -> Shard:
         """This process's counts, images and prediction seconds over its shard of the split
         (one process: the whole split, resumed from its checkpoint), saving the maps asked for
-        of its images; ``only_maps``: just the batches that hold those images, no counts kept.
-        ``progress`` counts the shard."""
+        of its images; ``progress`` counts the shard."""
         dataset, stems, meta_sha = self._open(entry)
         vocabulary = entry.vocabulary
         num_classes = len(vocabulary.classes)
         confusion = ConfusionMatrix(num_classes)
         maps = predictions.wanted(self.settings.save_predictions, len(stems))
-        # a checkpoint is valid only for the very same files list, meta.json and maps asked for
-        data_sha = json_sha256(
-            {"meta": meta_sha, "stems": stems, **({"maps": maps} if maps else {})}
-        )
-        state = self.store.load_partial(key) if self._checkpoints and not only_maps else None
-        if state is not None and state.get("data_sha256") == data_sha:
+        record_path = self.store.path_for(key)
+        # a checkpoint is valid only for the very same files list and meta.json, and only with
+        # the maps asked for of the images it counted
+        data_sha = json_sha256({"meta": meta_sha, "stems": stems})
+        state = self.store.load_partial(key) if self._checkpoints else None
+        if (
+            state is not None
+            and state.get("data_sha256") == data_sha
+            and predictions.all_saved(record_path, stems[: min(state["num_images"], maps)])
+        ):
             confusion.load(state["confusion"])
             done, seconds = state["num_images"], state["predict_seconds"]
         else:
@@ -307,8 +315,6 @@ class Evaluator:
         # every image is predicted with the same companions as in a single-process run
         sizes = [dataset.sample_size(stem) for stem in stems[done:]]
         plan = batch_plan(sizes, self.settings.batch_size, first=done)
-        if only_maps:
-            plan = [batch for batch in plan if batch.start < maps]
         mine = [plan[i] for i in self.context.shard(len(plan))]
         indices = [index for batch in mine for index in batch]
         if progress is not None:
@@ -316,8 +322,8 @@ class Evaluator:
         self.use_vocabulary(vocabulary)
         samples = SegmentationDataset(dataset, entry.split, vocabulary.lookup_table())
         loader = iter(read_ahead(Subset(samples, indices), threads=self.settings.reader_threads))
-        record_path = self.store.path_for(key)
         colours = class_colours(vocabulary)
+        written: dict[str, str] = {}  # stem -> SHA-256 of the maps this process saves
         last_checkpoint = time.monotonic()
 
         def checkpoint() -> None:
@@ -339,8 +345,8 @@ class Evaluator:
                 counts, elapsed, pred = self._predict(images, labels, num_classes)
                 for index, image_pred in zip(batch, pred, strict=True):
                     if index < maps:  # saved before the counts: a checkpoint implies its maps
-                        label_map = image_pred.cpu().numpy()
-                        predictions.save_map(record_path, stems[index], label_map, colours)
+                        label_map, stem = image_pred.cpu().numpy(), stems[index]
+                        written[stem] = predictions.save_map(record_path, stem, label_map, colours)
                 consistent = False
                 confusion.merge(counts)
                 done, seconds = done + len(images), seconds + elapsed
@@ -349,13 +355,12 @@ class Evaluator:
                     progress.advance(len(images))
                 if (
                     self._checkpoints
-                    and not only_maps
                     and time.monotonic() - last_checkpoint >= self.settings.checkpoint_seconds
                 ):
                     checkpoint()
                     last_checkpoint = time.monotonic()
         except KeyboardInterrupt:
-            if self._checkpoints and not only_maps and consistent:  # else the last one stands
+            if self._checkpoints and consistent:  # else the last one stands
                 checkpoint()
             raise
         provenance = {
@@ -364,7 +369,7 @@ class Evaluator:
             "converter_version": dataset.meta.converter_version,
             "source": dataset.meta.source,
         }
-        return Shard(confusion, done, seconds, provenance, stems[:maps])
+        return Shard(confusion, done, seconds, provenance, stems[:maps], written)
 
     def _harness_threads(self) -> AbstractContextManager[None]:
         """Run the harness's own CPU tensor work on one torch thread while reader threads decode:
@@ -423,6 +428,7 @@ class Evaluator:
         key: RecordKey,
         measurement: Measurement,
         shard: Shard,
+        hashes: dict[str, str],
     ) -> dict[str, Any]:
         network = self.adapter.network
         params = None
@@ -434,7 +440,7 @@ class Evaluator:
             "background_rule": self.background_rule(entry.vocabulary),
             "inference": self.adapter.describe(),
             "params": params,
-            "predictions": self._listing(key, shard.map_stems),
+            "predictions": self._listing(key, shard.map_stems, hashes),
         }
         return make_record(
             key,

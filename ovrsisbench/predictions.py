@@ -9,6 +9,7 @@ resumed or distributed run saves exactly the files an uninterrupted single proce
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,17 @@ def map_path(record_path: Path, stem: str) -> Path:
     return record_path.parent / folder_name(record_path) / f"{stem}.png"
 
 
-def save_map(record_path: Path, stem: str, label_map: np.ndarray, colours: list) -> None:
-    """Write one predicted map (atomic: an interrupted run never leaves half a file)."""
-    atomic_write_bytes(map_path(record_path, stem), indexed_png(label_map, colours))
+def save_map(record_path: Path, stem: str, label_map: np.ndarray, colours: list) -> str:
+    """Write one predicted map (atomic: an interrupted run never leaves half a file); returns
+    the file's SHA-256."""
+    data = indexed_png(label_map, colours)
+    atomic_write_bytes(map_path(record_path, stem), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def all_saved(record_path: Path, stems: list[str]) -> bool:
+    """Whether the maps of ``stems`` are there (those a checkpoint's counted images imply)."""
+    return all(map_path(record_path, stem).is_file() for stem in stems)
 
 
 def describe(request: Request, count: int) -> str:
@@ -69,28 +78,45 @@ def describe(request: Request, count: int) -> str:
     )
 
 
-def listing(record_path: Path, stems: list[str], request: Request) -> dict[str, Any] | None:
-    """The record's ``predictions`` entry for maps saved of ``stems`` (the first ones of the
-    split); DataError names a map that should exist and does not."""
+def listing(
+    record_path: Path, stems: list[str], request: Request, hashes: dict[str, str]
+) -> dict[str, Any] | None:
+    """The record's ``predictions`` entry for the maps of ``stems`` (the first ones of the
+    split): ``hashes`` holds the SHA-256 of those written in this run, the others (written
+    before a resume, by this process) are read; DataError names a map that is not there."""
     if request is None:
         return None
     files = []
     for stem in stems:
         path = map_path(record_path, stem)
-        if not path.is_file():
-            raise DataError(f"{path}: saved prediction missing (deleted during the run?)")
+        sha256 = hashes.get(stem)
+        if sha256 is None:
+            if not path.is_file():
+                raise DataError(f"{path}: saved prediction missing (deleted during the run?)")
+            sha256 = file_sha256(path)
         relative = path.relative_to(record_path.parent).as_posix()
-        files.append({"image": stem, "path": relative, "sha256": file_sha256(path)})
+        files.append({"image": stem, "path": relative, "sha256": sha256})
     return {"requested": request, "selection": describe(request, len(stems)), "files": files}
 
 
-def covers(record_path: Path, record: dict[str, Any], request: Request, total: int) -> bool:
-    """Whether ``record`` already lists the maps ``request`` asks for (and they are there)."""
-    count = wanted(request, total)
+def covers(record_path: Path, record: dict[str, Any], request: Request, stems: list[str]) -> bool:
+    """Whether ``record`` lists the maps ``request`` asks for of a split of ``stems`` (its
+    first images), each still the file it lists (same SHA-256)."""
+    count = wanted(request, len(stems))
     if count == 0:
         return True
+    entry = record.get("predictions")
+    files = entry.get("files") if isinstance(entry, dict) else None
+    if not isinstance(files, list) or len(files) < count:
+        return False
     maps = saved_maps(record_path, record)
-    return len(maps) >= count and all(path.is_file() for path in maps.values())
+    for stem, item in zip(stems[:count], files, strict=False):
+        path = maps.get(stem)
+        if not isinstance(item, dict) or item.get("image") != stem or path is None:
+            return False
+        if not path.is_file() or file_sha256(path) != item.get("sha256"):
+            return False
+    return True
 
 
 def saved_maps(record_path: Path, record: dict[str, Any]) -> dict[str, Path]:

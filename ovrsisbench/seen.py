@@ -13,9 +13,10 @@ seen and the unseen classes; hIoU = 2 s u / (s + u), their harmonic mean, as zer
 segmentation papers report it. ``None`` where a value is undefined.
 
 The RSKT-Seg paper's text states no overlap counts: they are drawn only in its Fig. 2(b)
-(transcribed in ``shared/spec/rsktseg.md``). The splits here do not reproduce that figure,
-which is not symmetric (DLRSD training shares 2 classes with iSAID, iSAID training 1 with
-DLRSD) and counts near-synonyms differently from case to case; so no test pins its counts.
+(transcribed in ``shared/spec/rsktseg.md``), which is not symmetric (DLRSD training shares 2
+classes with iSAID, iSAID training 1 with DLRSD) and counts near-synonyms differently from case
+to case. The splits here follow the class definitions; ``tests/test_seen.py`` pins where they
+differ from the figure, and why.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -83,7 +84,7 @@ def test_without_out_the_demo_removes_its_temporary_folder(monkeypatch):
         used.append((root, keep))
         (root / "data").mkdir()
         (root / "data" / "file.bin").write_bytes(b"x" * 3_000_000)
-        return True
+        return True, Path("/elsewhere/index.html")
 
     monkeypatch.setattr(demo, "_run_demo", fake_demo)
     console = Console(record=True, width=200)
@@ -92,3 +93,4 @@ def test_without_out_the_demo_removes_its_temporary_folder(monkeypatch):
     assert not keep and not root.exists()
     text = console.export_text()
     assert f"removed the temporary folder {root} (3 MB" in text and "--out DIR" in text
+    assert text.rstrip().endswith("report: /elsewhere/index.html")  # the report is kept: last

@@ -4,6 +4,7 @@ record, kept exact through resume and when added to an existing record."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,28 +101,80 @@ def test_resumed_runs_save_the_same_maps(synthetic_root, tmp_path, toy_adapters)
     model = f"{toy_adapters}:ColourAdapter"
     reference = run(model, synthetic_root, tmp_path / "whole", "all", batch_size=2)
 
-    adapter = create_adapter(model)
-    adapter.load(None, "cpu")
-    settings = EvalSettings(batch_size=2, checkpoint_seconds=0.0, save_predictions="all")
-    protocol = load_protocol("demo")
-    cut = ResultStore(tmp_path / "cut")
-    with pytest.raises(KeyboardInterrupt):
-        Evaluator(adapter, model, protocol, synthetic_root, cut, settings).run(
-            list(protocol.evaluation), StopAfter(3)
-        )
-    resumed = run(model, synthetic_root, tmp_path / "cut", "all", batch_size=2)
+    interrupt(model, synthetic_root, tmp_path / "cut", after=3)
+    starts = Starts()
+    resumed = run(model, synthetic_root, tmp_path / "cut", "all", batch_size=2, progress=starts)
+    assert starts.done[0] >= 3 and starts.done[1] == 0  # continued where it stopped
     for got, expected in zip(resumed, reference, strict=True):
         assert got.record["predictions"] == expected.record["predictions"]
         assert got.record["confusion"] == expected.record["confusion"]
         assert maps_of(got) == maps_of(expected)
 
 
-def test_a_map_deleted_during_the_run_fails_the_dataset(
+def interrupt(model, data_root, results, after):
+    """A run with every map asked for, stopped (like Ctrl-C) after ``after`` images."""
+    adapter = create_adapter(model)
+    adapter.load(None, "cpu")
+    settings = EvalSettings(batch_size=2, checkpoint_seconds=0.0, save_predictions="all")
+    protocol = load_protocol("demo")
+    evaluator = Evaluator(adapter, model, protocol, data_root, ResultStore(results), settings)
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.run(list(protocol.evaluation), StopAfter(after))
+
+
+class Starts(StopAfter):
+    """Progress sink that records where each dataset starts."""
+
+    def __init__(self):
+        super().__init__(10**9)
+        self.done = []
+
+    def start(self, dataset, total, done):
+        self.done.append(done)
+
+
+def test_a_checkpoint_without_its_maps_is_not_resumed(synthetic_root, tmp_path, toy_adapters):
+    model = f"{toy_adapters}:ColourAdapter"
+    interrupt(model, synthetic_root, tmp_path, after=3)
+    [folder] = tmp_path.rglob("*.predictions")
+    shutil.rmtree(folder)  # the maps of the images the checkpoint counted are gone
+    starts = Starts()
+    outcomes = run(model, synthetic_root, tmp_path, "all", batch_size=2, progress=starts)
+    assert starts.done == [0, 0] and [o.status for o in outcomes] == ["done", "done"]
+    assert all(len(maps_of(o)) == o.record["num_images"] for o in outcomes)
+
+
+def test_a_changed_map_is_saved_again(synthetic_root, tmp_path, toy_adapters):
+    model = f"{toy_adapters}:ColourAdapter"
+    [first, _] = run(model, synthetic_root, tmp_path, 2)
+    before = maps_of(first)
+    stem, path = next(iter(saved_maps(first.path, first.record).items()))
+    path.write_bytes(b"not the map")
+    again = run(model, synthetic_root, tmp_path, 2)
+    assert [o.status for o in again] == ["done", "skipped"]  # evaluated again, then exact
+    assert maps_of(again[0]) == before
+    assert json.loads(first.path.read_text())["created"] == first.record["created"]
+
+
+def test_maps_are_added_only_to_a_record_whose_counts_they_reproduce(
+    synthetic_root, tmp_path, toy_adapters
+):
+    model = f"{toy_adapters}:BatchMixingAdapter"  # scores depend on the batch companions
+    [first, _] = run(model, synthetic_root, tmp_path, None, batch_size=2)
+    other = run(model, synthetic_root, tmp_path, 1, batch_size=1)
+    assert other[0].status == "failed"
+    assert "counted other pixels than this record" in other[0].error
+    assert str(first.path) in other[0].error
+    assert json.loads(first.path.read_text()) == first.record  # untouched
+    assert not list(tmp_path.rglob("*.partial.json"))
+
+
+def test_a_map_that_was_not_written_fails_the_dataset(
     synthetic_root, tmp_path, toy_adapters, monkeypatch
 ):
     import ovrsisbench.predictions as predictions
 
-    monkeypatch.setattr(predictions, "save_map", lambda *args: None)
+    monkeypatch.setattr(predictions, "save_map", lambda *args: None)  # writes nothing
     outcomes = run(f"{toy_adapters}:ColourAdapter", synthetic_root, tmp_path, 1)
     assert [o.status for o in outcomes] == ["failed", "failed"]
     assert "saved prediction missing" in outcomes[0].error

@@ -236,6 +236,18 @@ def test_no_records_is_a_user_error_naming_the_folder(cli, report_results, tmp_p
 def test_unknown_model_is_a_user_error(report_results, tmp_path):
     with pytest.raises(UserError, match="did you mean 'toy_adapters:DeafAdapter'"):
         write_report(PROTOCOL, report_results, tmp_path, models=["toy_adapters:DeafAdaptor"])
+    with pytest.raises(UserError, match="--models names no model"):
+        write_report(PROTOCOL, report_results, tmp_path, models=[])
+
+
+def test_a_new_report_removes_only_its_own_old_figures(report_results, tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "fig1.png").write_bytes(b"the user's own figure")
+    (figures / "iou-gone.svg").write_text("<svg/>")  # a dataset an earlier report had
+    write_report(PROTOCOL, report_results, tmp_path, models=["toy_adapters:NoopAdapter"])
+    assert (figures / "fig1.png").read_bytes() == b"the user's own figure"
+    assert not (figures / "iou-gone.svg").exists()
 
 
 def test_the_command_prints_progress_and_the_page(cli, report_results, synthetic_root, tmp_path):

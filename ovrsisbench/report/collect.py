@@ -134,6 +134,8 @@ def collect(
 
 
 def _select(rows: list[Row], models: list[str] | None) -> list[Row]:
+    if models is not None and not models:
+        raise UserError("--models names no model (give names separated by commas: a,b)")
     if models is None:
         return rows
     known = sorted({row.model for row in rows})

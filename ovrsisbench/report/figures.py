@@ -106,7 +106,7 @@ def iou_heatmap(
     axes.set_yticks(range(len(classes)), [_class_label(name, split) for name in classes])
     if split is not None:
         for tick, name in zip(axes.get_yticklabels(), classes, strict=True):
-            tick.set_color(SEEN_COLOUR if name in split.seen else UNSEEN_COLOUR)
+            tick.set_color(SEEN_COLOUR if split.is_seen(name) else UNSEEN_COLOUR)
     figure.colorbar(image, ax=axes, label="IoU (%)", shrink=0.8)
     axes.set_title(f"Per-class IoU on {dataset}")
     return figure
@@ -115,7 +115,7 @@ def iou_heatmap(
 def _class_label(name: str, split: SeenSplit | None) -> str:
     if split is None:
         return name
-    return f"{name} (seen)" if name in split.seen else f"{name} (unseen)"
+    return f"{name} (seen)" if split.is_seen(name) else f"{name} (unseen)"
 
 
 def confusion_figure(title: str, classes: Sequence[str], confusion: np.ndarray) -> Figure:

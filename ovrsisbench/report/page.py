@@ -22,7 +22,7 @@ from ovrsisbench.io import atomic_write_bytes, atomic_write_text
 from ovrsisbench.leaderboard import ROW_COLUMNS
 from ovrsisbench.protocol import load_protocol
 from ovrsisbench.report.collect import ReportData, collect
-from ovrsisbench.report.sections import FigureItem, Section, build_sections
+from ovrsisbench.report.sections import FIGURE_NAME, FigureItem, Section, build_sections
 
 FIGURES_DIR = "figures"
 TEMPLATE = "report.html.j2"
@@ -95,11 +95,13 @@ def figure_bytes(figure: Figure, fmt: str) -> bytes:
 
 
 def _remove_stale_figures(folder: Path, written: set[Path]) -> None:
-    """Drop figure files an earlier report left in ``folder`` that this one did not write."""
+    """Drop figure files an earlier report left in ``folder`` that this one did not write;
+    files with other names (the user's own) stay."""
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if path.suffix.lstrip(".") in FIGURE_FORMATS and path not in written:
+        is_figure = path.suffix.lstrip(".") in FIGURE_FORMATS and FIGURE_NAME.fullmatch(path.stem)
+        if is_figure and path not in written and path.is_file():
             path.unlink()
 
 

@@ -4,6 +4,7 @@ missing. Figures are drawn lazily (``FigureItem.draw``) so that only one is in m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,6 +26,10 @@ from ovrsisbench.report.collect import (
     saved_predictions,
     speed_points,
 )
+
+#: The names of the figures a report writes (``FigureItem.name``; files ``<name>.<format>``):
+#: a new report removes the old ones it no longer writes, and nothing else of the folder.
+FIGURE_NAME = re.compile(r"(speed-vs-miou|vocabulary-overlap|(iou|confusion|qualitative)-.+)")
 
 
 @dataclass
