@@ -315,3 +315,15 @@ def test_speed_points_one_per_device(report_results, synthetic_root, tmp_path):
     assert len(legend) == 2 and "cuda (a GPU)" in legend
     markers = {tuple(c.get_paths()[0].vertices.round(3).ravel()) for c in axes.collections}
     assert len(markers) == 2  # each device its own marker shape
+
+
+def test_the_report_leaderboard_has_the_seen_scores(report_results, synthetic_root):
+    from ovrsisbench.report.page import leaderboard_table
+
+    table = leaderboard_table(collect(load_protocol(PROTOCOL), report_results).leaderboard)
+    column = table["columns"].index("synthetic-source mIoU-unseen")  # every source class is seen
+    assert {row["cells"][column]["text"] for row in table["rows"]} == {"-"}  # undefined, never 0
+    expected = build(load_protocol(PROTOCOL), report_results, split_seen=True)
+    seen = table["columns"].index("synthetic-target hIoU")
+    texts = [row["cells"][seen]["text"] for row in table["rows"]]
+    assert texts == [f"{value:.2f}" for value in expected["synthetic-target hIoU"]]

@@ -113,13 +113,16 @@ def collect(
     refused: list[str] = []
     submissions = verified_submissions(protocol, results_dir, refused)
     store = ResultStore(results_dir)
-    rows = rows_from_records(protocol, store, submissions=submissions)
+    split_seen = protocol.train is not None  # seen/unseen columns where training defines them
+    rows = rows_from_records(protocol, store, submissions=submissions, split_seen=split_seen)
     if not rows:
         others = [name for name in protocols_with_records(results_dir) if name != protocol.name]
         hint = f"; records exist for protocol {', '.join(others)}" if others else ""
         raise UserError(f"no result records of protocol {protocol.name} in {results_dir}{hint}")
     rows = _select(rows, models)
-    leaderboard = leaderboard_frame(protocol, rows + reference_rows(protocol))
+    leaderboard = leaderboard_frame(
+        protocol, rows + reference_rows(protocol), split_seen=split_seen
+    )
     labels = _labels(rows)
     ranked = [
         ModelRow(label, row, _mean_miou(protocol, row), _record_paths(store, row))

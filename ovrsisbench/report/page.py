@@ -19,7 +19,7 @@ from ovrsisbench.choices import FIGURE_FORMATS
 from ovrsisbench.display import format_number
 from ovrsisbench.errors import UserError
 from ovrsisbench.io import atomic_write_bytes, atomic_write_text
-from ovrsisbench.leaderboard import ROW_COLUMNS
+from ovrsisbench.leaderboard import ROW_COLUMNS, undefined_marks
 from ovrsisbench.protocol import load_protocol
 from ovrsisbench.report.collect import ReportData, collect
 from ovrsisbench.report.sections import FIGURE_NAME, FigureItem, Section, build_sections
@@ -132,18 +132,19 @@ def render_page(
 
 def leaderboard_table(frame: pd.DataFrame) -> dict[str, Any]:
     """Header and rows of the leaderboard for the template: each cell's text (2 decimals,
-    empty = missing) and its sort key; each row's kind (ours, submitted, published)."""
+    empty = missing, "-" = undefined seen / unseen score, as the leaderboard command shows them)
+    and its sort key; each row's kind (ours, submitted, published)."""
     numeric = [column not in ROW_COLUMNS for column in frame.columns]
+    marks = undefined_marks(frame)
     rows = []
     for line in frame.itertuples(index=False):
-        cells = [
-            {
-                "text": format_number(value),
-                "sort": "" if format_number(value) == "" else str(value),
-                "numeric": is_number,
-            }
-            for value, is_number in zip(line, numeric, strict=True)
-        ]
+        cells = []
+        for column, value, is_number in zip(frame.columns, line, numeric, strict=True):
+            text = format_number(value)
+            sort = "" if text == "" else str(value)
+            cells.append(
+                {"text": text or marks.get(column, ""), "sort": sort, "numeric": is_number}
+            )
         kind = str(line[list(frame.columns).index("kind")]).split(" ")[0]
         rows.append({"kind": kind, "cells": cells})
     return {"columns": list(frame.columns), "numeric": numeric, "rows": rows}
