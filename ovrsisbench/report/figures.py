@@ -12,6 +12,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from ovrsisbench.report.collect import SpeedPoint
 from ovrsisbench.seen import SeenSplit
@@ -54,6 +55,9 @@ def speed_figure(points: Sequence[SpeedPoint]) -> Figure:
                 fontsize=8,
             )
     axes.set_xscale("log")
+    plain = FuncFormatter(lambda value, _position: f"{value:g}")  # "30", not "3 x 10^1"
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(plain)
     axes.set_xlabel("inference time (ms per image, log scale)")
     axes.set_ylabel("mean mIoU (%)")
     axes.grid(True, which="both", alpha=0.3)
