@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ovrsisbench.errors import DataError, UserError
 from ovrsisbench.io import atomic_write_bytes, file_sha256
@@ -65,6 +66,18 @@ def save_map(record_path: Path, stem: str, label_map: np.ndarray, colours: list)
     data = indexed_png(label_map, colours)
     atomic_write_bytes(map_path(record_path, stem), data)
     return hashlib.sha256(data).hexdigest()
+
+
+def read_map(path: Path) -> np.ndarray:
+    """The (H, W) uint8 map of scored class indices (255 = ignored) of a saved map; DataError
+    when the file is missing, unreadable or not an indexed PNG."""
+    try:
+        with Image.open(path) as image:
+            if image.mode != "P":
+                raise DataError(f"{path}: not an indexed PNG (mode {image.mode})")
+            return np.array(image)
+    except OSError as error:  # missing, truncated, not an image
+        raise DataError(f"{path}: unreadable ({error})") from None
 
 
 def all_saved(record_path: Path, stems: list[str]) -> bool:

@@ -6,17 +6,15 @@ prepared datasets to read images from. Figures and the page only draw what is co
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from ovrsisbench.data.layout import PreparedDataset, open_dataset
-from ovrsisbench.errors import DataError, UserError, did_you_mean
+from ovrsisbench.errors import UserError, did_you_mean
 from ovrsisbench.leaderboard import (
     Row,
     leaderboard_frame,
@@ -25,39 +23,12 @@ from ovrsisbench.leaderboard import (
     rows_from_records,
     verified_submissions,
 )
-from ovrsisbench.predictions import saved_maps
 from ovrsisbench.protocol import Protocol, Vocabulary
 from ovrsisbench.results import ResultStore, key_of_record
 from ovrsisbench.seen import SeenSplit, protocol_seen_splits
 
 #: images of a dataset shown in its qualitative grid (the first ones the records list)
 MAX_QUALITATIVE_IMAGES = 4
-
-
-@dataclass(frozen=True)
-class SavedPrediction:
-    """One prediction map a record lists: the image's stem and the PNG file."""
-
-    image: str
-    path: Path
-
-
-def saved_predictions(record: Mapping[str, Any], record_path: Path) -> list[SavedPrediction]:
-    """The prediction maps the record lists, in its order ([] when it has none)."""
-    maps = saved_maps(record_path, dict(record))
-    return [SavedPrediction(stem, path) for stem, path in maps.items()]
-
-
-def read_prediction(prediction: SavedPrediction) -> np.ndarray:
-    """The (H, W) uint8 map of scored class indices (255 = ignored) of a saved prediction;
-    DataError when the file is missing, unreadable or not an indexed PNG."""
-    try:
-        with Image.open(prediction.path) as image:
-            if image.mode != "P":
-                raise DataError(f"{prediction.path}: not an indexed PNG (mode {image.mode})")
-            return np.array(image)
-    except OSError as error:  # missing, truncated, not an image
-        raise DataError(f"{prediction.path}: unreadable ({error})") from None
 
 
 @dataclass

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -15,15 +16,13 @@ from matplotlib.figure import Figure
 from ovrsisbench.data.layout import PreparedDataset
 from ovrsisbench.errors import DataError
 from ovrsisbench.palette import IGNORED_COLOUR, class_colours, colourise
+from ovrsisbench.predictions import read_map, saved_maps
 from ovrsisbench.protocol import Vocabulary
 from ovrsisbench.report import figures
 from ovrsisbench.report.collect import (
     MAX_QUALITATIVE_IMAGES,
     ModelRow,
     ReportData,
-    SavedPrediction,
-    read_prediction,
-    saved_predictions,
     speed_points,
 )
 
@@ -191,12 +190,12 @@ def qualitative_item(data: ReportData, dataset: str) -> FigureItem:
     if not models:
         return FigureItem(name, title, "", None, [_no_records(dataset)])
     notes: list[str] = []
-    saved: dict[str, dict[str, SavedPrediction]] = {}  # row label -> image stem -> its file
+    saved: dict[str, dict[str, Path]] = {}  # row label -> image stem -> its map file
     for model in models:
         path = model.record_paths.get(dataset)
-        listed = saved_predictions(model.records[dataset], path) if path else []
+        listed = saved_maps(path, model.records[dataset]) if path else {}
         if listed:
-            saved[model.label] = {prediction.image: prediction for prediction in listed}
+            saved[model.label] = listed
         else:
             notes.append(f"{model.label}: its record lists no saved predictions.")
     stems = list(dict.fromkeys(stem for listed in saved.values() for stem in listed))
@@ -223,7 +222,7 @@ class _Grid:
     dataset: str
     vocabulary: Vocabulary
     prepared: PreparedDataset | None
-    saved: dict[str, dict[str, SavedPrediction]]
+    saved: dict[str, dict[str, Path]]
     stems: list[str]
 
     def draw(self, notes: list[str]) -> Figure:
@@ -255,10 +254,8 @@ class _Grid:
         return colourise(scored, colours)
 
 
-def _coloured_prediction(
-    prediction: SavedPrediction, colours: list[tuple[int, int, int]]
-) -> np.ndarray:
-    return colourise(read_prediction(prediction), colours)
+def _coloured_prediction(path: Path, colours: list[tuple[int, int, int]]) -> np.ndarray:
+    return colourise(read_map(path), colours)
 
 
 def _panel(read: Callable[[], np.ndarray], what: str, notes: list[str]) -> figures.Panel:
